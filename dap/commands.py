@@ -201,6 +201,11 @@ def add_benchmark(sub, name: str, help_: str) -> None:
     p.add_argument("--data", nargs="*", default=["builtin:brick", "builtin:grass", "builtin:gravel"])
     p.add_argument("--out", default="runs/benchmark")
     p.add_argument("--no-zoo", action="store_true", help="train every model here")
+    p.add_argument("--variants", nargs="*", default=None, metavar="LABEL",
+                   help="only these rows (e.g. 'glad' 'glad no-ATP'); default: every variant")
+    p.add_argument("--train-set", nargs="*", metavar="KEY=VALUE",
+                   help="TrainConfig overrides for every model trained here (e.g. steps=800); "
+                        "giving any trains every model here")
     _common(p)
     p.set_defaults(func=run_benchmark)
 
@@ -210,6 +215,7 @@ def run_benchmark(args) -> int:
     from dap.methods import REGISTRY
 
     benchmark(args.methods or sorted(REGISTRY), args.data, args.out, profile=args.profile,
-              batch_size=args.batch_size or 16, use_zoo=not args.no_zoo)
+              batch_size=args.batch_size or 16, use_zoo=not args.no_zoo,
+              train_overrides=_kv(args.train_set), variants=args.variants)
     print((Path(args.out) / "table.md").read_text())
     return 0

@@ -119,10 +119,18 @@ def train_run(method_name: str, data: str, profile: str | None = None, out_dir: 
         from dap.train import load_checkpoint
 
         method.load_state_dict(load_checkpoint(result.best_path, dev)["model"])
+    # A method's own step after training, on the selected weights: DDAD adapts its feature
+    # extractor on the *training* images; GLAD calibrates its thresholds on the *validation*
+    # set. The test split is never passed here.
+    method.eval()
+    after = getattr(method, "after_training", None)
+    after_info = after(tdata, val_set=vset, progress=progress) if callable(after) else None
     provenance = {**extra, "method": method_name, "train_config": dataclasses.asdict(tcfg),
                   "seconds": round(result.seconds, 1), "best_validation": result.best,
                   "selected": "validation" if tcfg.select_metric != "last" else "last step",
                   "out_dir": str(out)}
+    if after_info:
+        provenance["after_training"] = after_info
     return method.eval(), result, provenance
 
 
@@ -262,21 +270,37 @@ def benchmark_variants(method_name: str) -> dict[str, dict[str, Any]]:
 
 def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path = "runs/benchmark",
               profile: str | None = None, batch_size: int = 16, progress: bool = True,
-              use_zoo: bool = True) -> list[dict[str, Any]]:
+              use_zoo: bool = True, train_overrides: dict[str, Any] | None = None,
+              variants: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Train (or load from the zoo) and evaluate every variant of every method on ``data``.
 
     A zoo model named ``<method>-<dataset>-<category>`` is used for the plain variant when it
     exists (``use_zoo``); everything else is trained here with the profile's defaults and
-    selected on the validation split. Writes ``table.md/csv/json`` with one row per variant
-    (mean over ``data``) and ``per-category.*``.
+    selected on the validation split. ``train_overrides`` (TrainConfig) apply to every model
+    trained here, under each variant's own; giving them trains every model here. ``variants``
+    keeps only the rows with those labels (a variant that shares a model still trains it).
+    Writes ``table.md/csv/json`` with one row per variant (mean over ``data``) and
+    ``per-category.*``.
     """
     from dap import zoo
 
     out = Path(out_dir)
+    wanted = None if variants is None else set(variants)
+    if wanted is not None:
+        known = {v for m in methods for v in benchmark_variants(m)}
+        if not wanted <= known:
+            raise ConfigError(f"unknown benchmark variant(s) {sorted(wanted - known)}; the "
+                              f"methods {list(methods)} have {sorted(known)}")
     rows, per_cat = [], []
     for name in methods:
         models: dict[tuple[str, str], AnomalyMethod] = {}
-        for label, spec in benchmark_variants(name).items():
+        specs = benchmark_variants(name)
+        if wanted is not None:
+            # a wanted row that evaluates another variant's model needs that model trained
+            build = wanted | {specs[v].get("same_model_as") for v in wanted if v in specs}
+            specs = {k: v for k, v in specs.items() if k in build}
+        for label, spec in specs.items():
+            report = wanted is None or label in wanted
             cat_rows = []
             for d in data:
                 shared = spec.get("same_model_as")
@@ -286,16 +310,19 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
                 else:
                     zname = f"{name}-{d.replace(':', '-')}"
                     if use_zoo and not spec.get("overrides") and not spec.get("train_overrides") \
-                            and zname in zoo.available():
+                            and not train_overrides and zname in zoo.available():
                         method, source = zoo.load(zname), f"zoo:{zname}"
                     else:
                         method, _, prov = train_run(
                             name, d, profile=profile, overrides=spec.get("overrides"),
-                            train_overrides=spec.get("train_overrides"),
+                            train_overrides={**(train_overrides or {}),
+                                             **spec.get("train_overrides", {})},
                             out_dir=out / "train" / f"{label}-{d.replace(':', '-')}",
                             progress=progress)
                         source = f"trained here, {prov['train_config']['steps']} steps"
                     models[(label, d)] = method
+                if not report:
+                    continue
                 saved = {k: getattr(method.config, k) for k in spec.get("eval_overrides", {})}
                 for k, v in spec.get("eval_overrides", {}).items():
                     setattr(method.config, k, v)
@@ -308,6 +335,8 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
                 row["source"] = source
                 row["extractor"] = getattr(method, "extractor_name", "")
                 cat_rows.append(row)
+            if not report:
+                continue
             per_cat += cat_rows
             mean = mean_row(cat_rows, ("image_auroc", "pixel_auroc", "aupro", "pixel_ap",
                                        "fps_batch1", "throughput"), method=label,

@@ -202,10 +202,12 @@ widgets.interact(show_one, image=widgets.IntSlider(0, 0, len(test) - 1),
 # The paper (Observation I, Fig. 4): the MSE between one-step and iterative reconstructions
 # "stays low for t <= 400 and grows for t >= 500", while one step is orders of magnitude faster
 # (VisA, A100, 256 px: one-step single scale 26.7 FPS, iterative from 400 0.09 FPS, DDIM-30
-# 0.92 FPS). The cell below prints our numbers from this run and a verdict by an explicit rule:
-# *agrees* when the median MSE(one-step, DDPM) increases at every step of the t grid and its
-# mean over t >= 500 is at least twice its mean over t <= 400; *partly* when only one of the
-# two holds. (Every grid contains t = 400.)
+# 0.92 FPS). The cell below prints our numbers from this run and a verdict by an explicit rule
+# with two parts: (1) *grows*: the median MSE(one-step, DDPM) increases at every step of the t
+# grid and its mean over t >= 500 is at least twice its mean over t <= 400; (2) *low up to
+# 400*: at t = 400 it is still below the test images' own pixel variance (the MSE a flat grey
+# image would have). *Agrees* when both hold, *partly* when one does. (Every grid contains
+# t = 400.)
 
 # %%
 ddpm = median_iqr(sweep.mse_to_one_step["ddpm"]).median
@@ -223,13 +225,28 @@ i400 = sweep.index(400)
 speedup = sweep.seconds_per_image["ddpm"][i400] / sweep.seconds_per_image["one_step"][i400]
 print(f"cost at t = 400: DDPM {sweep.evals_per_image['ddpm'][i400]} evaluations per image, "
       f"{speedup:.0f}x slower than one step (paper: 26.7 / 0.09 = {26.7 / 0.09:.0f}x)")
-print("Observation I:", "agrees" if growth >= 2 and monotone else
-      "partly agrees" if growth >= 2 or monotone else "does not agree", "on this run")
+low_at_400 = ddpm[i400] < image_var             # "low": below the images' own variance
+holds = [growth >= 2 and monotone, low_at_400]
+print(f"grows after 400: {holds[0]}; still low at t = 400: {low_at_400}")
+print("Observation I:", "agrees" if all(holds) else "partly agrees" if any(holds) else
+      "does not agree", "on this run")
 
 # %% [markdown]
 # **Interpretation** (written from a `cpu`-profile run, 8 images, t = 50 ... 900).
 #
-# INTERPRETATION_PLACEHOLDER
+# - **The shape agrees.** The gap between one step and the DDPM walk is tiny for small t and
+#   grows at every step of the grid, by more than an order of magnitude from the t <= 400 half
+#   to the t >= 500 half, just as in Fig. 4. DDIM (deterministic) stays closer to one step than
+#   DDPM at every t, because it adds no fresh noise on the way.
+# - **"Low up to 400" does not, for this model.** Measured against the images' own variance,
+#   the gap is small up to t = 100-200, comparable to the image contrast around t = 300 and
+#   larger than it at t = 400. The point where one step stops being a stand-in for the walk
+#   comes earlier here than in the paper, hence *partly agrees*. A plausible reason: a small
+#   64 px denoiser trained for minutes predicts eps less well than the paper's 256 px U-Net,
+#   and its one-step estimates from large t are blurrier and grainier (section 5).
+# - **Cost is the strong part of the claim and holds exactly**: one evaluation against t + 1
+#   (401 at t = 400) or k for DDIM. Our seconds come from a shared 2-core machine, so the
+#   printed speed-up is noisy; the ratio of network evaluations is what transfers.
 #
 # ## Summary
 #

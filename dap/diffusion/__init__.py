@@ -1,9 +1,10 @@
 """The DDPM machinery of DiffusionAD: schedules, eq. 1, eq. 3, eq. 6, DDIM, norm guidance.
 
-Taught in ``notebooks/01_forward_process`` to ``notebooks/04_norm_guidance``.
+Taught in ``notebooks/01_forward_process`` to ``notebooks/04_norm_guidance``; DDAD's
+conditioned guidance in ``notebooks/07_conditioned_denoising``.
 """
 
-from dap.diffusion.guidance import NormGuidedOutput, norm_guided
+from dap.diffusion.guidance import NormGuidedOutput, conditioned_guidance, norm_guided
 from dap.diffusion.sampling import METHODS, Reconstruction, ddim_timesteps, reconstruct
 from dap.diffusion.schedule import NoiseSchedule, StepOutput, cosine_betas, linear_betas
 
@@ -18,4 +19,5 @@ __all__ = [
     "METHODS",
     "norm_guided",
     "NormGuidedOutput",
+    "conditioned_guidance",
 ]

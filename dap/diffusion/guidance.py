@@ -105,3 +105,54 @@ def norm_guided(
     if clip_sample:
         x0_g = x0_g.clamp(-1.0, 1.0)
     return NormGuidedOutput(x0_g, x0_s, x0_b, eps_s, eps_b, x_ts, x_tb)
+
+
+def conditioned_guidance(
+    schedule: NoiseSchedule,
+    x_t: Tensor,
+    eps: Tensor,
+    y: Tensor,
+    t: int | Tensor,
+    w: float = 2.0,
+) -> Tensor:
+    """DDAD's conditioned noise estimate: pull eps_theta towards the target image y.
+
+    Paper: Mousakhan, Brox, Tayyub, "Anomaly Detection with Conditioned Denoising Diffusion
+    Models" (DDAD), Sec. 3. Taught in ``notebooks/07_conditioned_denoising``; used at every step
+    of :func:`dap.methods.ddad.conditioned_reconstruct`.
+
+    The target is noised *with the predicted noise* (as in norm guidance's eq. 7), and the noise
+    estimate is corrected by the gap between the noisy target and the current sample:
+
+        y_t     = sqrt(abar_t) y + sqrt(1 - abar_t) eps_theta(x_t, t)
+        eps_hat = eps_theta(x_t, t) - sqrt(1 - abar_t) w (y_t - x_t)
+
+    This is :func:`norm_guided`'s form with a different target: there x0_b (the big-step
+    repair) pulls the detailed small-step estimate, here the input y pulls the repaired
+    estimate. Without clamping, the x0 implied by eps_hat is the blend
+
+        x0_hat = x0_theta + w (1 - abar_t) (y - x0_theta),
+
+    x0_theta = (x_t - sqrt(1 - abar_t) eps_theta) / sqrt(abar_t), so the pull is strong at large
+    t (1 - abar_250 ~ 0.48 on the linear schedule) and fades towards t = 0.
+
+    Parameters
+    ----------
+    schedule : NoiseSchedule
+    x_t : Tensor ``(B, C, H, W)``, the current sample
+    eps : Tensor ``(B, C, H, W)``, eps_theta(x_t, t)
+    y : Tensor ``(B, C, H, W)`` in [-1, 1], the target (the input image at test time)
+    t : int or Tensor ``(B,)``
+    w : float
+        Conditioning weight (DDAD default 2; 0 gives back eps_theta, plain DDIM).
+
+    Returns
+    -------
+    Tensor ``(B, C, H, W)``: eps_hat.
+    """
+    sa = schedule._at(schedule.sqrt_alphas_cumprod, t, x_t)
+    s1a = schedule._at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+    # y_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps_theta   (predicted noise, not fresh)
+    y_t = sa * y + s1a * eps
+    # eps_hat = eps_theta - sqrt(1 - abar_t) w (y_t - x_t)
+    return eps - s1a * w * (y_t - x_t)
