@@ -1,0 +1,87 @@
+"""The side-by-side table's orchestration (``dap.experiment.benchmark``) and the after-training
+hook of ``train_run``, with training and evaluation replaced by recording fakes."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import dap.experiment as E
+from dap.config import ConfigError
+from dap.methods import build_method
+
+VARIANTS = {
+    "m": {"overrides": {"a": 1}},
+    "m shared": {"same_model_as": "m", "eval_overrides": {"mode": "x"}},
+    "m other": {"overrides": {"a": 2}, "train_overrides": {"steps": 7}},
+}
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    calls = {"train": [], "eval": []}
+
+    def train_run(name, d, profile=None, overrides=None, train_overrides=None, out_dir=None,
+                  progress=True):
+        calls["train"].append((overrides, train_overrides, d))
+        model = SimpleNamespace(config=SimpleNamespace(mode="default"), tag=overrides["a"])
+        return model, None, {"train_config": {"steps": (train_overrides or {}).get("steps", 40)}}
+
+    def evaluate_run(method, d, batch_size=16, progress=True, label=""):
+        calls["eval"].append((label, method.tag, method.config.mode, d))
+        return {"method": label, "category": d, "image_auroc": 0.5 + 0.1 * method.tag}, None
+
+    monkeypatch.setattr(E, "benchmark_variants", lambda name: VARIANTS)
+    monkeypatch.setattr(E, "train_run", train_run)
+    monkeypatch.setattr(E, "evaluate_run", evaluate_run)
+    return calls
+
+
+def test_every_variant_with_shared_model_and_merged_train_overrides(fakes, tmp_path):
+    rows = E.benchmark(["m"], ["d1", "d2"], tmp_path, train_overrides={"steps": 3, "lr": 0.1},
+                       progress=False)
+    assert [r["method"] for r in rows] == ["m", "m shared", "m other"]
+    # two models per category: "m" and "m other"; the shared row reuses "m"'s model
+    assert fakes["train"] == [({"a": 1}, {"steps": 3, "lr": 0.1}, "d1"),
+                              ({"a": 1}, {"steps": 3, "lr": 0.1}, "d2"),
+                              ({"a": 2}, {"steps": 7, "lr": 0.1}, "d1"),   # variant's own wins
+                              ({"a": 2}, {"steps": 7, "lr": 0.1}, "d2")]
+    assert ("m shared", 1, "x", "d1") in fakes["eval"]
+    # eval_overrides are restored after the row
+    assert all(mode == "default" for label, _, mode, _ in fakes["eval"] if label != "m shared")
+    assert rows[1]["image_auroc"] == pytest.approx(0.6)
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert len(table["rows"] if isinstance(table, dict) else table) == 3
+
+
+def test_variants_filter_trains_the_shared_model_but_reports_only_the_wanted_row(fakes, tmp_path):
+    rows = E.benchmark(["m"], ["d1"], tmp_path, variants=["m shared"], progress=False)
+    assert [r["method"] for r in rows] == ["m shared"]
+    assert fakes["train"] == [({"a": 1}, {}, "d1")]          # "m"'s model, not "m other"'s
+    assert [e[0] for e in fakes["eval"]] == ["m shared"]
+
+
+def test_unknown_variant_is_a_clear_error_before_any_work(fakes, tmp_path):
+    with pytest.raises(ConfigError, match="unknown benchmark variant.*'nope'.*have"):
+        E.benchmark(["m"], ["d1"], tmp_path, variants=["nope"], progress=False)
+    assert fakes["train"] == [] and fakes["eval"] == []
+
+
+def test_glad_after_training_calibrates_on_the_validation_set(monkeypatch):
+    method = build_method("glad", "ci")
+    seen = {}
+
+    def calibrate(images, labels=None, batch_size=16):
+        seen["images"], seen["labels"] = images, labels
+        return {"normal_images": int((labels == 0).sum())}
+
+    monkeypatch.setattr(method, "calibrate", calibrate)
+    vset = {"image": torch.zeros(3, 3, 8, 8), "label": torch.tensor([0, 1, 0])}
+    train_images = torch.ones(5, 3, 8, 8)
+    info = method.after_training(train_images, val_set=vset)
+    assert seen["images"] is vset["image"] and seen["labels"] is vset["label"]
+    assert info == {"normal_images": 2}
+    assert method.after_training(train_images) is None       # no validation set: nothing to do
