@@ -320,6 +320,8 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
                             out_dir=out / "train" / f"{label}-{d.replace(':', '-')}",
                             progress=progress)
                         source = f"trained here, {prov['train_config']['steps']} steps"
+                        write_atomic(out / "train" / f"{label}-{d.replace(':', '-')}" /
+                                     "provenance.json", json.dumps(prov, indent=1, default=str))
                     models[(label, d)] = method
                 if not report:
                     continue

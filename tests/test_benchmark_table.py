@@ -53,6 +53,8 @@ def test_every_variant_with_shared_model_and_merged_train_overrides(fakes, tmp_p
     # eval_overrides are restored after the row
     assert all(mode == "default" for label, _, mode, _ in fakes["eval"] if label != "m shared")
     assert rows[1]["image_auroc"] == pytest.approx(0.6)
+    prov = json.loads((tmp_path / "train" / "m other-d2" / "provenance.json").read_text())
+    assert prov["train_config"]["steps"] == 7                # each trained model's provenance
     table = json.loads((tmp_path / "table.json").read_text())
     assert len(table["rows"] if isinstance(table, dict) else table) == 3
 
