@@ -120,6 +120,10 @@ def test_gaussian_blur_matches_scipy():
     ref = np.stack([gaussian_filter(m, 1.5, mode="mirror", truncate=4.0) for m in maps.numpy()])
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     assert gaussian_blur(maps, 0.0) is maps
+    # GLAD's truncation (3 sigma), and (B, 1, H, W) maps keep their shape
+    ours3 = gaussian_blur(maps[:, None], 1.5, truncate=3.0)[:, 0].numpy()
+    ref3 = np.stack([gaussian_filter(m, 1.5, mode="mirror", truncate=3.0) for m in maps.numpy()])
+    np.testing.assert_allclose(ours3, ref3, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------

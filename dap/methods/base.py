@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -79,3 +80,23 @@ def top_k_mean(maps: Tensor, k: int) -> Tensor:
     flat = maps.reshape(maps.shape[0], -1)
     k = min(k, flat.shape[1])
     return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+    """Separable Gaussian blur of anomaly maps over their last two axes, reflect padding.
+
+    maps : ``(B, H, W)`` or ``(B, 1, H, W)``, returned in the same shape. The kernel radius is
+    ``int(truncate * sigma + 0.5)`` (scipy.ndimage's rule; ``mode="mirror"`` there), capped at
+    the map size - 1; ``sigma <= 0`` returns ``maps`` itself. DDAD smooths its map with
+    truncate 4, GLAD its map and SAFF mask with truncate 3.
+    """
+    if sigma <= 0:
+        return maps
+    h, w = maps.shape[-2:]
+    radius = min(int(truncate * sigma + 0.5), h - 1, w - 1)
+    k = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (k / sigma) ** 2)
+    k = (k / k.sum()).to(maps.dtype)
+    x = F.pad(maps.reshape(-1, 1, h, w), (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    return x.reshape(maps.shape)

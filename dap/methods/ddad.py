@@ -49,7 +49,7 @@ from dap.config import ConfigError, DiffusionConfig, from_dict, replace, to_dict
 from dap.diffusion import NoiseSchedule, Reconstruction, conditioned_guidance, ddim_timesteps
 from dap.diffusion.sampling import NoiseModel
 from dap.features import DenoiserFeatures, WideResNetFeatures, denoiser_features, feature_distance
-from dap.methods.base import AnomalyMethod, Prediction, TrainBatch
+from dap.methods.base import AnomalyMethod, Prediction, TrainBatch, gaussian_blur
 from dap.models.denoiser import DenoiserConfig, DenoiserUNet, denoiser_config
 from dap.synthesis import AnomalySynthesizer, SynthesisConfig
 
@@ -130,21 +130,6 @@ def conditioned_reconstruct(
         sample = schedule.ddim_step(eps_hat, ts, prev, sample, eta=eta if z is not None else 0.0,
                                     noise=z, clip_sample=clip_sample).prev_sample
     return Reconstruction(sample, x_t, len(steps))
-
-
-def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
-    """Blur ``(B, H, W)`` maps with a separable Gaussian (radius int(4 sigma + 0.5), reflect)."""
-    if sigma <= 0:
-        return maps
-    radius = int(4 * sigma + 0.5)
-    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
-    k = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
-    k = torch.exp(-0.5 * (k / sigma) ** 2)
-    k = (k / k.sum()).to(maps.dtype)
-    h = F.pad(maps[:, None], (radius, radius, radius, radius), mode="reflect")
-    h = F.conv2d(h, k.view(1, 1, 1, -1))
-    h = F.conv2d(h, k.view(1, 1, -1, 1))
-    return h[:, 0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ from torch import Tensor
 from dap.config import ConfigError, DiffusionConfig, from_dict, replace, to_dict
 from dap.diffusion import NoiseSchedule, ddim_timesteps
 from dap.features import denoiser_features
-from dap.methods.base import AnomalyMethod, Prediction, TrainBatch, top_k_mean
+from dap.methods.base import AnomalyMethod, Prediction, TrainBatch, gaussian_blur, top_k_mean
 from dap.models.denoiser import DenoiserConfig, DenoiserUNet, denoiser_config
 from dap.synthesis import AnomalySynthesizer, SynthesisConfig
 
@@ -246,18 +246,6 @@ def stopping_rule(score: Tensor, threshold: float | Tensor, t: int, min_step: in
     return (score > threshold) | torch.full_like(score, force, dtype=torch.bool)
 
 
-def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``(B, 1, H, W)`` maps with reflect padding (sigma in pixels)."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, min(int(math.ceil(3 * sigma)), min(maps.shape[-2:]) - 1))
-    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    out = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
-
-
 def saff_mask(discrepancy: Tensor, low: float | Tensor, high: float | Tensor, size: int,
               sigma: float) -> Tensor:
     """SAFF's spatial mask ``(B, 1, size, size)`` in [0, 1] from a ``(B, h, w)`` discrepancy.
@@ -268,7 +256,7 @@ def saff_mask(discrepancy: Tensor, low: float | Tensor, high: float | Tensor, si
     """
     d = F.interpolate(discrepancy[:, None].float(), size=(size, size), mode="bilinear",
                       align_corners=False)
-    d = gaussian_blur(d, sigma)
+    d = gaussian_blur(d, sigma, truncate=3.0)
     lo = torch.as_tensor(low, dtype=d.dtype, device=d.device)
     hi = torch.as_tensor(high, dtype=d.dtype, device=d.device)
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -542,7 +530,7 @@ class GLAD(AnomalyMethod):
         feat, pix = self.map_terms(images, reconstruction)
         s_f, s_p = self.map_scale
         amap = c.feature_weight * feat / s_f + c.pixel_weight * pix / s_p
-        return gaussian_blur(amap[:, None], c.smoothing_sigma)[:, 0]
+        return gaussian_blur(amap, c.smoothing_sigma, truncate=3.0)
 
     @torch.no_grad()
     def predict(self, images: Tensor, generator: torch.Generator | None = None) -> Prediction:
