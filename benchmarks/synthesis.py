@@ -19,13 +19,22 @@ each batch is anomalous on both sides (dap's ``exact_split=True``), so both do t
 The headline ratio runs dap on 1 thread, like the numpy reference (equal resources); dap on all
 of torch's threads is printed next to it. With CUDA, also dap on the GPU.
 
-    python benchmarks/synthesis.py            # full run (~1-2 minutes on 2 CPU cores)
+The process uses fixed glibc malloc thresholds (mmap above 32 MiB, heap trimmed only above
+1 GiB free) for both sides. With glibc's default, adaptive thresholds the heap of this process,
+where numpy and dap rounds allocate and free batch-sized arrays in turn, is trimmed and regrown
+or not depending on its allocation history: whole runs then either have ~0 or thousands of
+page faults per batch (fresh pages zeroed by the kernel), which moved the ratio by up to ~30%
+from one run to the next. Fixed thresholds keep freed memory in the process, on both sides
+alike; ``--default-malloc`` keeps glibc's default.
+
+    python benchmarks/synthesis.py            # full run (~10 s on 2 CPU cores)
     python benchmarks/synthesis.py --quick    # a few-second smoke run (used by the tests)
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import time
 
@@ -253,13 +262,27 @@ def time_dap(synth, x, fg_t, is_texture, seed, threads=None, sync=lambda: None) 
     return time.perf_counter() - t0
 
 
+def steady_malloc() -> str:
+    """Fixed glibc malloc thresholds for the whole process (see the module docstring)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "malloc: default (not glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameters, <malloc.h>
+    ok = libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30)
+    return "malloc: fixed thresholds" if ok else "malloc: default (mallopt failed)"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few-second smoke run")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="keep glibc's adaptive malloc thresholds (see the module docstring)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None)
     args = p.parse_args(argv)
+    malloc = "malloc: default" if args.default_malloc else steady_malloc()
     batch = args.batch or (8 if args.quick else 32)
     rounds = args.rounds or (1 if args.quick else 6)
     size = 64 if args.quick and args.size == 256 else args.size
@@ -274,7 +297,7 @@ def main(argv=None) -> int:
     fg_t = torch.from_numpy(fg)[None, None].expand(batch, 1, size, size).contiguous()
     print(f"anomaly synthesis at {size}x{size}, batch {batch} (half anomalous), {rounds} "
           f"interleaved rounds per mode; torch {torch.__version__}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {malloc}")
     for t in threads:  # warm-up: bank tensor built, allocator settled
         time_dap(synth, x, fg_t, False, 0, t)
     time_numpy(images, fg, bank_np, False, 0)

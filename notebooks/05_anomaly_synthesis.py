@@ -106,8 +106,10 @@ show_images([texture[0], obj[0]], ["texture N (brick)", "object N (coins)"], siz
 # interpolates smoothly between them with the fade curve 6t^5 - 15t^4 + 10t^3. The lattice has
 # 2^k cells per axis, k drawn from {0, ..., 5} *independently for rows and columns*: coarse
 # lattices give large blobs, fine ones small speckles, unequal ones stretched shapes.
-# `perlin_noise` evaluates a whole batch with mixed scales as two small matrix products (see
-# the docstring of `dap.synthesis.perlin`).
+# `perlin_noise` writes the noise as a product of small interpolation matrices, so a whole
+# batch with mixed scales needs no per-pixel lookups (on a GPU one batched product; on a CPU
+# one small product per sample over only the lattice lines it uses — see the docstring of
+# `dap.synthesis.perlin`).
 
 # %%
 scales = torch.tensor([[1, 1], [2, 2], [4, 4], [8, 8], [16, 16], [32, 32], [2, 16], [16, 2]])
@@ -205,9 +207,10 @@ show_images([src[0]] + outs, ["source"] + list(AUGMENTER_NAMES), ncols=11, value
             size=1.35);
 
 # %% [markdown]
-# Three at random per sample. In the batched version each augmenter runs once, on the
-# sub-batch that picked it, in the fixed order above (imgaug applied the three in random order;
-# the fixed order is what lets a whole batch be augmented with ten calls).
+# Three at random per sample, applied in the fixed order above (imgaug applied the three in
+# random order). The fixed order is what lets a GPU augment a whole batch with ten calls, each
+# on the sub-batch that picked that augmenter; on a CPU, where gathering sub-batches costs
+# more than it saves, each sample runs its own three in place — the same result.
 
 # %%
 aug = random_augment(crops, g, num=3)

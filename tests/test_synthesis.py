@@ -230,6 +230,30 @@ def test_random_augment_picks_three_of_ten(x01):
     assert torch.equal(out.image, again.image)
 
 
+def test_apply_augment_matches_the_augmenters_one_by_one(x01):
+    """The CPU path (each sample alone, in place) = every chosen augmenter applied in order."""
+    x = x01.repeat(3, 1, 1, 1)
+    params = A.draw_augment_params(len(x), gen(11))
+    out = A.apply_augment(x, params)
+    assert torch.equal(x, x01.repeat(3, 1, 1, 1))  # the input is left alone
+    for i in range(len(x)):
+        ref = x[i:i + 1]
+        for j, name in enumerate(params.names):
+            if params.chosen[i, j]:
+                ref = A.AUGMENTERS[name].apply(ref, *(t[i:i + 1] for t in params.params[j]))
+        torch.testing.assert_close(out[i:i + 1], ref, atol=1e-6, rtol=0)
+
+
+def test_inplace_augmenters_match_the_pure_ones(x01):
+    params = A.draw_augment_params(len(x01), gen(12))
+    for j, name in enumerate(params.names):
+        aug = A.AUGMENTERS[name]
+        if aug.inplace:
+            ref = aug.apply(x01, *params.params[j])
+            got = aug.apply(x01.clone(), *params.params[j], inplace=True)
+            assert torch.equal(got, ref), name
+
+
 # ----------------------------------------------------------------------------------------------
 # Sources
 # ----------------------------------------------------------------------------------------------
@@ -243,6 +267,34 @@ def test_strip_and_grid_shuffles_are_permutations():
     x = x[:, :, :16, :32]
     z = grid_shuffle(x, draw_shuffle(2, 8, gen(), mode="grid"), 8)
     assert torch.equal(z.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+
+
+def test_crop_resize_is_grid_sample():
+    """The separable crop = grid_sample with the affine [[sx, 0, cx], [0, sy, cy]], zero fill
+    included (windows that reach past the picture)."""
+    from dap.synthesis import crop_resize
+
+    x = torch.rand(5, 3, 30, 44, generator=gen(3))
+    scale = torch.rand(5, 2, generator=gen(4)) * 0.9 + 0.1
+    center = (torch.rand(5, 2, generator=gen(5)) * 2 - 1) * 1.2
+    theta = torch.zeros(5, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = scale[:, 1], center[:, 1]
+    theta[:, 1, 1], theta[:, 1, 2] = scale[:, 0], center[:, 0]
+    grid = torch.nn.functional.affine_grid(theta, (5, 3, 17, 23), align_corners=False)
+    ref = torch.nn.functional.grid_sample(x, grid, align_corners=False)
+    torch.testing.assert_close(crop_resize(x, scale, center, (17, 23)), ref, atol=1e-5, rtol=0)
+
+
+def test_strip_shuffle_moves_whole_strips():
+    x = torch.arange(2 * 3 * 20 * 36, dtype=torch.float32).reshape(2, 3, 20, 36)
+    params = draw_shuffle(2, 8, gen(8))
+    y = shuffle_strips(x, params)
+    edges = lambda n: torch.linspace(0, n, 9).round().long().tolist()  # noqa: E731
+    ce, re = edges(36), edges(20)
+    for i in range(2):
+        cols = torch.cat([torch.arange(ce[k], ce[k + 1]) for k in params.cols[i].tolist()])
+        rows = torch.cat([torch.arange(re[k], re[k + 1]) for k in params.rows[i].tolist()])
+        assert torch.equal(y[i], x[i][:, rows][:, :, cols])
 
 
 def test_texture_bank_from_folder(tmp_path):
@@ -292,6 +344,18 @@ def test_same_seed_same_batch_other_seed_other_batch(images, bank):
     for field in ("image", "mask", "label", "source", "beta", "kind", "augmenters"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert not torch.equal(a.image, c.image)
+
+
+def test_outputs_are_ordinary_tensors(images, bank):
+    """The work runs in inference mode, the outputs do not: they can feed a training step."""
+    out = AnomalySynthesizer(bank=bank)(images, generator=gen(2), is_texture=False,
+                                        return_source=True)
+    for field in ("image", "mask", "label", "source", "beta", "kind", "augmenters"):
+        assert not getattr(out, field).is_inference(), field
+    w = torch.ones(1, 3, 1, 1, requires_grad=True)
+    logits = torch.nn.functional.conv2d(out.image, w).mean((1, 2, 3))
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, out.label).backward()
+    assert w.grad is not None
 
 
 def test_chunking_never_changes_the_batch(images, bank):

@@ -23,7 +23,7 @@ def rand(shape: tuple[int, ...], generator: torch.Generator | None,
     """``U[0, 1)`` float32 of ``shape`` drawn with ``generator``, returned on ``device``."""
     device = torch.device(device)
     out = torch.rand(shape, generator=generator, device=_source_device(generator, device))
-    return out.to(device)
+    return out if out.device == device else out.to(device)
 
 
 def uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator | None,
@@ -38,7 +38,7 @@ def randint(low: int, high: int, shape: tuple[int, ...], generator: torch.Genera
     device = torch.device(device)
     out = torch.randint(low, high, shape, generator=generator,
                         device=_source_device(generator, device))
-    return out.to(device)
+    return out if out.device == device else out.to(device)
 
 
 def permutations(n: int, k: int, generator: torch.Generator | None,

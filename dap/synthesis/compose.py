@@ -27,9 +27,11 @@ from torch import Tensor
 
 from dap.config import ConfigError, data_root, from_dict
 from dap.synthesis import _random
-from dap.synthesis.augment import AUGMENTER_NAMES, apply_augment, draw_augment_params
-from dap.synthesis.perlin import perlin_masks
-from dap.synthesis.sources import TextureBank, draw_crops, draw_shuffle, self_shuffle
+from dap.synthesis.augment import (AUGMENTER_NAMES, AugmentParams, _augment_samples, _runs,
+                                   apply_augment, draw_augment_params)
+from dap.synthesis.perlin import _perlin_masks
+from dap.synthesis.sources import (CropParams, ShuffleParams, TextureBank, draw_crops,
+                                   draw_shuffle, self_shuffle)
 
 # Output kinds (SynthesisOutput.kind)
 NORMAL, TEXTURE, SELF_AUG = 0, 1, 2
@@ -58,11 +60,22 @@ def blend(normal: Tensor, source: Tensor, mask: Tensor, beta: Tensor | float) ->
     beta = torch.as_tensor(beta, dtype=normal.dtype, device=normal.device)
     if beta.ndim:
         beta = beta.reshape(-1, 1, 1, 1)
-    # the same products and sums, in place (bit for bit the expression above)
-    out = (mask * normal).mul_(beta)                   # beta (M * N)
-    out += (mask * source).mul_(1.0 - beta)            # + (1 - beta) (M * A)
-    out += (1.0 - mask) * normal                       # + (1 - M) * N
-    return out
+    return _blend(normal, source * (1.0 - beta), mask, beta)
+
+
+def _blend(normal: Tensor, scaled_source: Tensor, mask: Tensor, beta: Tensor,
+           out: Tensor | None = None, scratch: Tensor | None = None) -> Tensor:
+    """Eq. 12 from ``scaled_source = (1 - beta) A``: S = lerp(N, beta N + (1 - beta) A, M).
+
+    N + M (beta N + (1 - beta) A - N) is eq. 12 regrouped. For a binary M it is eq. 12 bit for
+    bit: where M = 0 lerp returns N, where M = 1 it returns beta N + (1 - beta) A, the same two
+    rounded products and one rounded sum as the expression (whose other terms are exact zeros).
+    Three passes over the image instead of eight. ``scaled_source`` is overwritten (it holds
+    beta N + (1 - beta) A); ``scratch`` (optional) holds beta N; ``out`` (default: a new tensor)
+    may be a view, e.g. a row of the output batch, which is then written only once.
+    """
+    t = scaled_source.add_(torch.mul(normal, beta, out=scratch))  # (1 - beta) A + beta N
+    return torch.lerp(normal, t, mask.to(normal.dtype), out=out)  # (1 - M) N + M t
 
 
 @dataclass
@@ -186,6 +199,13 @@ class AnomalySynthesizer:
     bank : TextureBank, optional
         The texture sources; by default built on first need from ``config.texture_source``.
 
+    Notes
+    -----
+    On a CPU a batch is a few thousand small tensor operations (one image at a time, so it
+    stays in cache): give it one intra-op thread (``torch.set_num_threads(1)``, e.g. in each
+    data-loader worker). With more, every operation pays for waking and joining the other
+    threads, which costs more than it saves: ``benchmarks/synthesis.py`` prints both.
+
     Examples
     --------
     >>> synth = AnomalySynthesizer({"normal_prob": 0.0})
@@ -224,6 +244,50 @@ class AnomalySynthesizer:
         if device.type != "cpu":
             return max(n, 1)
         return max(1, (1 << 18) // (h * w))
+
+    def _chunk_cpu(self, out: SynthesisOutput, images: Tensor, mask: Tensor, beta4: Tensor,
+                   crops: CropParams, aug: AugmentParams, shuf: ShuffleParams,
+                   rows_l: list[int], own_l: list[bool], sl: slice) -> None:
+        """The samples ``sl`` of the anomalous ones, on the CPU, written into ``out``.
+
+        Every row is addressed by a Python int, so rows of a batch are views: no gather or
+        scatter (on CPUs, copying a view is several times cheaper than ``index`` or
+        ``index_put`` of the same rows). The crops are cut for the chunk at once; then each
+        sample goes alone through its augmenters, shuffle and eq. 12 while it is in cache.
+        """
+        cfg, (h, w) = self.config, images.shape[-2:]
+        s, k = sl.start, sl.stop - sl.start
+        half = torch.tensor(0.5, dtype=images.dtype)
+        minus_one = torch.tensor(-1.0, dtype=images.dtype)
+        scratch = torch.empty(1, 3, h, w, dtype=images.dtype)  # beta N of one sample at a time
+        one_minus_beta4 = 1.0 - beta4[sl]
+        own = [j for j in range(k) if own_l[s + j]]
+        tex = [j for j in range(k) if not own_l[s + j]]
+        # A before augmentation, in [0, 1]: a bank crop, or the normal image itself
+        if not own:
+            raw = self.bank.crop(crops.select(sl), (h, w)).to(images.dtype)
+        else:
+            raw = torch.empty(k, 3, h, w, dtype=images.dtype, device=images.device)
+            for j in own:
+                # (N + 1) / 2 as 1/2 + N / 2 in one pass (halving is exact: the same bits)
+                torch.add(half, images[rows_l[s + j]], alpha=0.5, out=raw[j]).clamp_(0.0, 1.0)
+            if tex:
+                sub = crops.select(sl).select(torch.tensor(tex, device=images.device))
+                _copy_rows(raw, tex, self.bank.crop(sub, (h, w)))
+        samples = _augment_samples(list(raw.split(1)), aug, s)
+        masks, betas, one_minus = mask[sl].split(1), beta4[sl].split(1), one_minus_beta4.split(1)
+        for j, a01 in enumerate(samples):
+            i, r = s + j, rows_l[s + j]
+            if own_l[i]:
+                a01 = self_shuffle(a01, shuf.select(slice(i, i + 1)), cfg.shuffle,
+                                   cfg.num_strips)
+            # A = 2 a - 1 as -1 + 2 a in one pass (doubling is exact: the same bits)
+            source = torch.add(minus_one, a01, alpha=2.0)
+            if out.source is not None:
+                out.source[r:r + 1].copy_(source)
+            # eq. 12, straight into the output row (the source is scaled in place)
+            _blend(images[r:r + 1], source.mul_(one_minus[j]), masks[j], betas[j],
+                   out=out.image[r:r + 1], scratch=scratch)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, foreground: Tensor | None = None,
@@ -269,22 +333,54 @@ class AnomalySynthesizer:
             anomalous = _random.rand((b,), generator, device) >= cfg.normal_prob
         idx = anomalous.nonzero().squeeze(1)
         n = idx.numel()
+        cpu = device.type == "cpu"
 
+        # On the CPU every row is addressed by a Python int: rows of a batch are views, and
+        # copying a view is several times cheaper than a gather (index) or scatter (index_put).
+        # The rows of the anomalous samples are then written once, by the loop below.
+        views = cpu and n > 0
+        rows_l = idx.tolist() if views else None
+        normal_l = sorted(set(range(b)).difference(rows_l)) if views else None
+        if views:
+            image = torch.empty_like(images)
+            _copy_rows(image, normal_l, images, same=True)
+            source_out = None
+            if return_source:
+                source_out = torch.empty_like(images)
+                _copy_rows(source_out, normal_l, images, same=True)
+            mask_out = torch.empty(b, 1, h, w, device=device)
+            for lo, hi in _runs(normal_l):
+                mask_out[lo:hi].zero_()
+        else:
+            image, mask_out = images.clone(), torch.zeros(b, 1, h, w, device=device)
+            source_out = images.clone() if return_source else None
         out = SynthesisOutput(
-            image=images.clone(), mask=torch.zeros(b, 1, h, w, device=device),
-            label=anomalous.to(torch.float32),
-            source=images.clone() if return_source else None,
+            image=image, mask=mask_out, label=anomalous.to(torch.float32), source=source_out,
             beta=torch.ones(b, device=device), kind=torch.zeros(b, dtype=torch.long, device=device),
             augmenters=torch.zeros(b, len(cfg.augmenters), dtype=torch.bool, device=device))
         if n == 0:
             return out
+        # The outputs above are ordinary tensors; everything below only writes into them, so
+        # it runs in inference mode (no autograd bookkeeping: less overhead per operation)
+        with torch.inference_mode():
+            self._anomalies(out, images, foreground, generator, is_texture, idx, rows_l)
+        return out
 
+    def _anomalies(self, out: SynthesisOutput, images: Tensor, foreground: Tensor | None,
+                   generator: torch.Generator | None, is_texture: bool, idx: Tensor,
+                   rows_l: list[int] | None) -> None:
+        """Draw and write the anomalous samples ``idx`` of ``out`` (rows ``rows_l`` on the
+        CPU)."""
+        cfg = self.config
+        _, _, h, w = images.shape
+        device = images.device
+        cpu = device.type == "cpu"
+        n = idx.numel()
         # M: Perlin masks inside the foreground
         chunk = self._chunk(n, h, w, device)
-        mask = perlin_masks(n, (h, w), None if foreground is None else foreground[idx],
-                            generator, cfg.perlin_threshold, cfg.min_scale_exp,
-                            cfg.max_scale_exp, cfg.max_degrees, cfg.max_rounds,
-                            cfg.disc_radius, chunk, device).mask
+        mask = _perlin_masks(n, (h, w), foreground, idx, generator, cfg.perlin_threshold,
+                             cfg.min_scale_exp, cfg.max_scale_exp, cfg.max_degrees,
+                             cfg.max_rounds, cfg.disc_radius, chunk, device).mask
         # beta ~ U[lo, hi); the source of each sample; crops, augmenters, shuffles (all drawn
         # for every anomalous sample before any arithmetic, so chunking never changes them)
         beta = _random.uniform((n,), cfg.beta_range[0], cfg.beta_range[1], generator, device)
@@ -294,18 +390,22 @@ class AnomalySynthesizer:
         crops = draw_crops(n, generator, device, cfg.crop_scale)
         aug = draw_augment_params(n, generator, device, cfg.num_augmenters, cfg.augmenters)
         shuf = draw_shuffle(n, cfg.num_strips, generator, device, cfg.shuffle)
+        beta4 = beta.to(images.dtype).reshape(n, 1, 1, 1)
 
+        own_l = self_aug.tolist() if cpu else None
         for s in range(0, n, chunk):
             sl = slice(s, min(s + chunk, n))
+            if cpu:
+                self._chunk_cpu(out, images, mask, beta4, crops, aug, shuf, rows_l, own_l, sl)
+                continue
             rows = idx[sl]
-            normal = images[rows]
             # A before augmentation, in [0, 1]: a bank crop, or the normal image itself
             own = self_aug[sl].nonzero().squeeze(1)
             tex = (~self_aug[sl]).nonzero().squeeze(1)
             if own.numel() == 0:
                 raw = self.bank.crop(crops.select(sl), (h, w)).to(images.dtype)
             else:
-                raw = ((normal + 1.0) * 0.5).clamp_(0.0, 1.0)
+                raw = ((images[rows] + 1.0) * 0.5).clamp_(0.0, 1.0)
                 if tex.numel():
                     raw[tex] = self.bank.crop(crops.select(sl).select(tex), (h, w)).to(raw.dtype)
             a01 = apply_augment(raw, aug, inplace=True, start=s)
@@ -315,14 +415,26 @@ class AnomalySynthesizer:
             source = a01.mul_(2.0).sub_(1.0)
             if out.source is not None:
                 out.source[rows] = source
-            # eq. 12
-            out.image[rows] = blend(normal, source, mask[sl], beta[sl])
+            # eq. 12 (the source is scaled in place: it is not needed afterwards)
+            out.image[rows] = _blend(images[rows], source.mul_(1.0 - beta4[sl]), mask[sl],
+                                     beta4[sl])
 
-        out.mask[idx] = mask
+        if cpu:
+            _copy_rows(out.mask, rows_l, mask)
+        else:
+            out.mask[idx] = mask
         out.beta[idx] = beta
         out.kind[idx] = torch.where(self_aug, SELF_AUG, TEXTURE)
         out.augmenters[idx] = aug.chosen
-        return out
+
+
+def _copy_rows(dst: Tensor, rows: list[int], src: Tensor, same: bool = False) -> None:
+    """``dst[rows] = src`` (``same=True``: ``dst[rows] = src[rows]``) for sorted row numbers,
+    one ``copy_`` per run of consecutive rows."""
+    pos = 0
+    for lo, hi in _runs(rows):
+        dst[lo:hi].copy_(src[lo:hi] if same else src[pos:pos + hi - lo])
+        pos += hi - lo
 
 
 __all__ = ["blend", "SynthesisConfig", "SynthesisOutput", "AnomalySynthesizer", "NORMAL",

@@ -22,6 +22,7 @@ Taught in ``notebooks/05_anomaly_synthesis``.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple, Sequence
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dap.synthesis import _random
-from dap.synthesis.geometry import crop_resize
+from dap.synthesis.geometry import crop_resize_from
 
 # scikit-image's bundled photographs that load with no network (checked on 0.21-0.26).
 SKIMAGE_SOURCES: tuple[str, ...] = (
@@ -94,7 +95,7 @@ class TextureBank:
     -----
     The tensor for an output size ``(H, W)`` is built on first use (each picture resized,
     antialiased, so its short side is ``S = max(H, W)``, then centre-cropped to ``S x S``) and
-    cached per ``(S, device)``: ``N * 3 * S^2`` bytes (512 DTD images at 256: 100 MB).
+    cached per ``(S, device)``: ``N * 3 * (S + 3)^2`` bytes (512 DTD images at 256: 100 MB).
     """
 
     def __init__(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None):
@@ -144,34 +145,48 @@ class TextureBank:
         return cls(images, [os.path.relpath(f, root) for f in files])
 
     def tensor(self, side: int, device: torch.device | str = "cpu") -> Tensor:
-        """The bank as ``(N, 3, side, side)`` uint8 on ``device`` (built once, then cached)."""
+        """The bank as ``(N, 3, side, side)`` uint8 on ``device`` (built once, then cached).
+
+        A view into the cached tensor, which also holds the zero border that :meth:`crop`
+        reads (:func:`~dap.synthesis.geometry.pad_for_crop`)."""
+        return self._bordered(side, device)[:, :, 1:side + 1, 1:side + 1]
+
+    def _bordered(self, side: int, device: torch.device | str = "cpu") -> Tensor:
+        """The cached bank with its zero border, ``(N, 3, side + 3, side + 3)``."""
         key = (int(side), str(torch.device(device)))
         if key not in self._cache:
-            out = torch.empty(len(self), 3, side, side, dtype=torch.uint8)
-            for i, im in enumerate(self.images):
-                t = torch.from_numpy(im).permute(2, 0, 1)[None].float()
-                h, w = t.shape[-2:]
-                k = side / min(h, w)
-                size = (max(side, round(h * k)), max(side, round(w * k)))
-                t = F.interpolate(t, size=size, mode="bilinear", antialias=True,
-                                  align_corners=False)
-                top, left = (size[0] - side) // 2, (size[1] - side) // 2
-                out[i] = t[0, :, top:top + side, left:left + side].round().clamp(0, 255).byte()
-            self._cache[key] = out.to(device)
+            with torch.inference_mode(False):  # an ordinary tensor, whatever mode builds it
+                self._cache[key] = self._build(side, device)
         return self._cache[key]
+
+    def _build(self, side: int, device: torch.device | str) -> Tensor:
+        """Each picture resized (antialiased) so its short side is ``side``, centre-cropped,
+        inside a zero border: ``(N, 3, side + 3, side + 3)`` uint8 on ``device``."""
+        out = torch.zeros(len(self), 3, side + 3, side + 3, dtype=torch.uint8)
+        for i, im in enumerate(self.images):
+            t = torch.from_numpy(im).permute(2, 0, 1)[None].float()
+            h, w = t.shape[-2:]
+            k = side / min(h, w)
+            size = (max(side, round(h * k)), max(side, round(w * k)))
+            t = F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
+            top, left = (size[0] - side) // 2, (size[1] - side) // 2
+            out[i, :, 1:side + 1, 1:side + 1] = (
+                t[0, :, top:top + side, left:left + side].round().clamp(0, 255).byte())
+        return out.to(device)
 
     def crop(self, params: CropParams, size: tuple[int, int]) -> Tensor:
         """Cut the drawn crops and resize them to ``size``: ``(n, 3, H, W)`` float in [0, 1]."""
         h, w = size
         side = max(h, w)
         device = params.pick.device
-        bank = self.tensor(side, device)
+        bank = self._bordered(side, device)
         idx = (params.pick * len(self)).long().clamp_(max=len(self) - 1)
         # window of the output's aspect: (h, w) / side of the bank picture, times the scale
         frac = torch.stack([params.scale * (h / side), params.scale * (w / side)], 1)
         center = (2.0 * params.where - 1.0) * (1.0 - frac)
-        src = bank[idx].to(torch.float32)
-        return crop_resize(src, frac, center, size).mul_(1.0 / 255.0).clamp_(0.0, 1.0)
+        # the windows are read straight from the uint8 bank (no per-sample copy of the pictures)
+        # lerps of levels in [0, 255], divided by 255: in [0, 1] without a clamp
+        return crop_resize_from(bank, idx, frac, center, size, gain=1.0 / 255.0, padded=True)
 
     def sample(self, n: int, size: tuple[int, int], generator: torch.Generator | None = None,
                device: torch.device | str = "cpu",
@@ -234,12 +249,33 @@ def shuffle_strips(x: Tensor, params: ShuffleParams) -> Tensor:
         ``(n, C, H, W)``, a permutation of the pixels of ``x``.
     """
     n, c, h, w = x.shape
+    if x.device.type == "cpu":  # strips are blocks: two concatenations per sample, no gathers
+        return _shuffle_strips_blocks(x, params)
     col = _strip_source_index(params.cols, w)
     x = x.gather(3, col[:, None, None, :].expand(n, c, h, w))
     # rows: whole-row copies, picked from the (n * c * h, w) view
     row = _strip_source_index(params.rows, h)
     flat = (torch.arange(n * c, device=x.device).reshape(n, c, 1) * h + row[:, None, :])
     return x.reshape(n * c * h, w).index_select(0, flat.reshape(-1)).reshape(n, c, h, w)
+
+
+@functools.lru_cache(maxsize=64)
+def _strip_bounds(length: int, k: int) -> tuple[int, ...]:
+    """Edges of ``k`` (near-)equal strips of ``length`` (the same as
+    :func:`_strip_source_index`)."""
+    return tuple(torch.linspace(0, length, k + 1).round().long().tolist())
+
+
+def _shuffle_strips_blocks(x: Tensor, params: ShuffleParams) -> Tensor:
+    """:func:`shuffle_strips` as concatenations of strips, sample by sample (CPU)."""
+    cols, rows = params.cols.tolist(), params.rows.tolist()
+    cb, rb = _strip_bounds(x.shape[3], len(cols[0])), _strip_bounds(x.shape[2], len(rows[0]))
+    out = []
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1]
+        xi = torch.cat([xi[..., cb[s]:cb[s + 1]] for s in cols[i]], dim=3)     # column strips
+        out.append(torch.cat([xi[..., rb[s]:rb[s + 1], :] for s in rows[i]], dim=2))  # rows
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def grid_shuffle(x: Tensor, params: ShuffleParams, num_tiles: int = 8) -> Tensor:
