@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dap.config import from_dict, to_dict
+
 
 class Prediction(NamedTuple):
     """What ``predict`` returns."""
@@ -50,6 +52,8 @@ class AnomalyMethod(nn.Module):
     """Base class: subclasses implement ``forward`` (training loss) and ``predict``."""
 
     name: str = "method"
+    #: the method's config dataclass (set by each subclass); checkpoints store it as a dict
+    config_class: type = object
 
     @property
     def image_size(self) -> int:
@@ -57,11 +61,13 @@ class AnomalyMethod(nn.Module):
         return int(self.config.denoiser.image_size)  # type: ignore[attr-defined]
 
     @classmethod
-    def from_config_dict(cls, d: dict) -> "AnomalyMethod":  # pragma: no cover - per method
-        raise NotImplementedError
+    def from_config_dict(cls, d: dict) -> "AnomalyMethod":
+        """A fresh method from a config dict (a checkpoint's ``method_config``), strictly parsed."""
+        return cls(from_dict(cls.config_class, d))
 
-    def config_dict(self) -> dict:  # pragma: no cover - per method
-        raise NotImplementedError
+    def config_dict(self) -> dict:
+        """The config as a JSON-able dict (what checkpoints store)."""
+        return to_dict(self.config)  # type: ignore[attr-defined]
 
     def param_groups(self, lr: float = 1e-4, lr_segmenter: float | None = None) -> list[dict]:
         """Optimiser parameter groups (override to give sub-networks their own learning rates)."""

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dap.config import ConfigError, DiffusionConfig, from_dict, replace, to_dict
+from dap.config import ConfigError, DiffusionConfig, from_dict, replace
 from dap.diffusion import NoiseSchedule, Reconstruction, conditioned_guidance, ddim_timesteps
 from dap.diffusion.sampling import NoiseModel
 from dap.features import DenoiserFeatures, WideResNetFeatures, denoiser_features, feature_distance
@@ -273,6 +273,7 @@ class DDAD(AnomalyMethod):
     """
 
     name = "ddad"
+    config_class = DDADConfig
 
     def __init__(self, config: DDADConfig | None = None, load_weights: bool = True) -> None:
         super().__init__()
@@ -302,9 +303,6 @@ class DDAD(AnomalyMethod):
     def from_config_dict(cls, d: dict) -> "DDAD":
         # the extractor weights come with the checkpoint's state dict: no file is read
         return cls(from_dict(DDADConfig, d), load_weights=False)
-
-    def config_dict(self) -> dict:
-        return to_dict(self.config)
 
     def param_groups(self, lr: float = 1e-4, lr_segmenter: float | None = None) -> list[dict]:
         """Only the denoiser is trained by the training loop (extractors: :meth:`adapt`)."""

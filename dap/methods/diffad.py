@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dap.config import ConfigError, DiffusionConfig, from_dict, to_dict
+from dap.config import ConfigError, DiffusionConfig, from_dict
 from dap.diffusion import NoiseSchedule, ddim_timesteps
 from dap.losses import focal_loss, smooth_l1_loss
 from dap.methods.base import AnomalyMethod, Prediction, TrainBatch
@@ -354,6 +354,7 @@ class DiffAD(AnomalyMethod):
     """
 
     name = "diffad"
+    config_class = DiffADConfig
 
     def __init__(self, config: DiffADConfig | None = None) -> None:
         super().__init__()
@@ -370,13 +371,6 @@ class DiffAD(AnomalyMethod):
         self._perceptual: list[Callable[[Tensor, Tensor], Tensor]] = []
 
     # -- construction helpers ----------------------------------------------------------------
-    @classmethod
-    def from_config_dict(cls, d: dict) -> "DiffAD":
-        return cls(from_dict(DiffADConfig, d))
-
-    def config_dict(self) -> dict:
-        return to_dict(self.config)
-
     @property
     def image_size(self) -> int:
         return int(self.config.autoencoder.image_size)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from dap.config import ConfigError, DiffusionConfig, from_dict, replace, to_dict
+from dap.config import ConfigError, DiffusionConfig, replace
 from dap.diffusion import NoiseSchedule, norm_guided, reconstruct
 from dap.losses import focal_loss, masked_noise_loss, smooth_l1_loss
 from dap.methods.base import AnomalyMethod, Prediction, TrainBatch, top_k_mean
@@ -118,6 +118,7 @@ class DiffusionAD(AnomalyMethod):
     """
 
     name = "diffusionad"
+    config_class = DiffusionADConfig
 
     def __init__(self, config: DiffusionADConfig | None = None) -> None:
         super().__init__()
@@ -128,13 +129,6 @@ class DiffusionAD(AnomalyMethod):
         self.synthesizer = AnomalySynthesizer(self.config.synthesis)
 
     # -- construction helpers ----------------------------------------------------------------
-    @classmethod
-    def from_config_dict(cls, d: dict) -> "DiffusionAD":
-        return cls(from_dict(DiffusionADConfig, d))
-
-    def config_dict(self) -> dict:
-        return to_dict(self.config)
-
     def _schedule(self, device: torch.device) -> NoiseSchedule:
         if self.schedule.device != device:
             self.schedule.to(device)

@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dap.config import ConfigError, DiffusionConfig, from_dict, replace, to_dict
+from dap.config import ConfigError, DiffusionConfig, replace
 from dap.diffusion import NoiseSchedule, ddim_timesteps
 from dap.features import denoiser_features
 from dap.methods.base import AnomalyMethod, Prediction, TrainBatch, gaussian_blur, top_k_mean
@@ -379,6 +379,7 @@ class GLAD(AnomalyMethod):
     """
 
     name = "glad"
+    config_class = GLADConfig
     extractor_name = "denoiser-encoder(t=0)"
 
     def __init__(self, config: GLADConfig | None = None) -> None:
@@ -396,13 +397,6 @@ class GLAD(AnomalyMethod):
         self.register_buffer("calibrated_timesteps", torch.tensor(steps, dtype=torch.long))
         self.register_buffer("map_scale", torch.ones(2))
         self._warned = False
-
-    @classmethod
-    def from_config_dict(cls, d: dict) -> "GLAD":
-        return cls(from_dict(GLADConfig, d))
-
-    def config_dict(self) -> dict:
-        return to_dict(self.config)
 
     @property
     def timesteps(self) -> list[int]:
