@@ -105,11 +105,19 @@ class SpeedPath:
         kw = runtime.optimizer_kwargs("cpu") if fused_opt else {}
         self.optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4, weight_decay=0.0, **kw)
         self.seed = 0
+        self.threads: int | None = None  # None: the process's thread count
+
+    def threaded(self):
+        return runtime.num_threads(self.threads or torch.get_num_threads())
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         return runtime.channels_last_input(x) if self.channels_last else x
 
     def denoiser_step(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> float:
+        with self.threaded():
+            return self._denoiser_step(x, t, noise)
+
+    def _denoiser_step(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> float:
         den = self.method.denoiser
         den.train()
         with runtime.autocast("cpu", self.dtype):
@@ -120,6 +128,10 @@ class SpeedPath:
         return float(loss.detach())
 
     def train_step(self, images: torch.Tensor) -> float:
+        with self.threaded():
+            return self._train_step(images)
+
+    def _train_step(self, images: torch.Tensor) -> float:
         self.method.train()
         self.seed += 1
         gen = torch.Generator().manual_seed(self.seed)
@@ -131,6 +143,10 @@ class SpeedPath:
         return float(loss.detach())
 
     def predict(self, images: torch.Tensor):
+        with self.threaded():
+            return self._predict(images)
+
+    def _predict(self, images: torch.Tensor):
         self.method.eval()
         if self.inference_mode:
             with runtime.inference("cpu", self.dtype):
@@ -238,13 +254,18 @@ def run_size(size: int, args, results: list) -> None:
     t = torch.randint(0, 1000, (args.batch,), generator=g)
     noise = torch.randn(x.shape, generator=g)
     paths = [plain_path(base, size), fast_path(base, size)]
+    paths[1].threads = args.fast_threads
     if args.compile:
         t0 = time.perf_counter()
         comp = fast_path(base, size, compile=True)
-        comp.train_step(x)
-        comp.denoiser_step(x, t, noise)
-        comp.predict(x)
-        print(f"    torch.compile: first calls (compiling train, denoiser, predict graphs) "
+        comp.threads = args.fast_threads
+        if "train" in args.parts:
+            comp.train_step(x)
+        if "denoiser" in args.parts:
+            comp.denoiser_step(x, t, noise)
+        if "predict" in args.parts:
+            comp.predict(x)
+        print(f"    torch.compile: first calls (compiling the graphs of {', '.join(args.parts)}) "
               f"{time.perf_counter() - t0:.0f} s; compiled: "
               f"{all(runtime.is_compiled(n) for n in runtime.networks(comp.method))}", flush=True)
         paths.append(comp)
@@ -290,6 +311,10 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default=None, help="force one model preset for every size")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--fast-threads", default=None,
+                   help="threads of the fast path: a number, or 'auto' = dap.runtime's "
+                        "busy-aware choice (physical cores minus the cores other processes "
+                        "keep busy, at least 1); default: --threads, like the plain path")
     p.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 6)")
     p.add_argument("--parts", nargs="+", default=["denoiser", "train", "predict"],
                    choices=["denoiser", "train", "predict"])
@@ -301,7 +326,12 @@ def main(argv=None) -> int:
     if args.quick:
         args.sizes, args.batch, args.reps = [64], 2, args.reps or 1
     args.reps = args.reps or 6
+    busy = runtime.busy_cores()  # before this process adds to the load
     threads = runtime.configure_threads(args.threads)
+    if args.fast_threads == "auto":
+        args.fast_threads = max(1, min(args.threads, runtime.physical_cores() - busy))
+    elif args.fast_threads is not None:
+        args.fast_threads = int(args.fast_threads)
     dtype = runtime.autocast_dtype("cpu", "auto")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"speed: fast vs plain path, torch {torch.__version__}, {threads['num_threads']} "
@@ -311,6 +341,9 @@ def main(argv=None) -> int:
           f"load average {load:.1f} on {os.cpu_count()} CPUs", flush=True)
     if dtype is None:
         print("    (no native bf16 on this CPU: the fast path stays float32)")
+    if args.fast_threads not in (None, args.threads):
+        print(f"    the fast path runs on {args.fast_threads} thread(s), the plain path on "
+              f"{args.threads} (--fast-threads; other processes keep {busy} core(s) busy)")
     results: list = []
     for size in args.sizes:
         run_size(size, args, results)

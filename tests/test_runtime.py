@@ -152,6 +152,11 @@ def test_configure_threads(monkeypatch):
         assert runtime.configure_threads()["num_threads"] == 2    # the user's choice
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert runtime.configure_threads()["num_threads"] == runtime.physical_cores()
+        monkeypatch.setattr(runtime, "busy_cores", lambda: 64)
+        assert runtime.configure_threads(busy_aware=True)["num_threads"] == 1   # at least one
+        monkeypatch.setattr(runtime, "busy_cores", lambda: 0)
+        assert runtime.configure_threads(busy_aware=True)["num_threads"] == \
+            runtime.physical_cores()
         with pytest.raises(ConfigError):
             runtime.configure_threads(0)
         # a late inter-op setting is reported, not raised
