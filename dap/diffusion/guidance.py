@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from dap.diffusion.sampling import NoiseModel
-from dap.diffusion.schedule import NoiseSchedule, _as_timesteps
+from dap.diffusion.schedule import NoiseSchedule, as_timesteps
 
 
 class NormGuidedOutput(NamedTuple):
@@ -78,8 +78,8 @@ def norm_guided(
     NormGuidedOutput
     """
     b = x0.shape[0]
-    ts = _as_timesteps(t_s, b, x0.device)
-    tb = _as_timesteps(t_b, b, x0.device)
+    ts = as_timesteps(t_s, b, x0.device)
+    tb = as_timesteps(t_b, b, x0.device)
     if noise_s is None:
         noise_s = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if noise_b is None:
@@ -94,8 +94,8 @@ def norm_guided(
     # eq. 6 at both scales
     x0_s = schedule.pred_original_sample(x_ts, eps_s, ts, clip_sample)
     x0_b = schedule.pred_original_sample(x_tb, eps_b, tb, clip_sample)
-    sa = schedule._at(schedule.sqrt_alphas_cumprod, ts, x0)
-    s1a = schedule._at(schedule.sqrt_one_minus_alphas_cumprod, ts, x0)
+    sa = schedule.coefficient("sqrt_alphas_cumprod", ts, x0)
+    s1a = schedule.coefficient("sqrt_one_minus_alphas_cumprod", ts, x0)
     # eq. 7: n_ts = sqrt(abar_ts) x0_b + sqrt(1 - abar_ts) eps_theta(x_ts)  (predicted noise, not fresh)
     n_ts = sa * x0_b + s1a * eps_s
     # eq. 7: eps_g = eps_theta(x_ts) - sqrt(1 - abar_ts) w (n_ts - x_ts)
@@ -150,8 +150,8 @@ def conditioned_guidance(
     -------
     Tensor ``(B, C, H, W)``: eps_hat.
     """
-    sa = schedule._at(schedule.sqrt_alphas_cumprod, t, x_t)
-    s1a = schedule._at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+    sa = schedule.coefficient("sqrt_alphas_cumprod", t, x_t)
+    s1a = schedule.coefficient("sqrt_one_minus_alphas_cumprod", t, x_t)
     # y_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps_theta   (predicted noise, not fresh)
     y_t = sa * y + s1a * eps
     # eps_hat = eps_theta - sqrt(1 - abar_t) w (y_t - x_t)
