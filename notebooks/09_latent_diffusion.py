@@ -200,8 +200,7 @@ for label, overrides in variants.items():
     r = train(m, data, replace(tcfg, steps=COPY_STEPS), progress=PROFILE != "ci")
     models[label] = m.eval()
     with torch.no_grad():
-        rows[label] = copy_measures(m.reconstruct(x)["reconstruction"], x, test.masks,
-                                    test.cleans)
+        rows[label] = copy_measures(m.reconstruct(x).sample, x, test.masks, test.cleans)
     print(f"{label}: {r.seconds:.0f} s")
 print(f"{'':>22} {'copy PSNR':>10} {'context':>8} {'repair':>7}   (dB)")
 for label, r in rows.items():
@@ -224,7 +223,7 @@ for label, r in rows.items():
 # %%
 show = list(range(0, len(x), max(1, len(x) // 5)))[:5]
 with torch.no_grad():
-    recs = [models[k].reconstruct(x[show])["reconstruction"] for k in variants]
+    recs = [models[k].reconstruct(x[show]).sample for k in variants]
 grid = torch.cat([x[show], *recs, test.cleans[show]])
 show_images(grid, ncols=len(show), size=1.7,
             suptitle="input | " + " | ".join(variants) + " | clean image");
@@ -243,13 +242,13 @@ show_images(grid, ncols=len(show), size=1.7,
 diffad = models["DiffAD (public code)"]
 i = show[-1]
 with torch.no_grad():
-    parts = diffad.reconstruct(x[i:i + 1])
+    parts = diffad.reconstruct(x[i:i + 1])       # x_r in .sample, latents and x_inter in .extras
     lams = [1.0, 0.75, 0.5, 0.25, 0.0]
-    sweep = [diffad.decode(interpolate_latents(parts["condition"], parts["latent"], lam))[0]
-             for lam in lams]
+    sweep = [diffad.decode(interpolate_latents(parts.extras["condition"], parts.extras["latent"],
+                                               lam))[0] for lam in lams]
 show_images(sweep, [f"lambda = {lam}" for lam in lams], size=1.9,
             suptitle="D(lambda c + (1 - lambda) z_r): from the input to its reconstruction");
-err = [(x[i] - parts[k][0]).abs().mean(0) for k in ("reconstruction", "interpolated")]
+err = [(x[i] - r[0]).abs().mean(0) for r in (parts.sample, parts.extras["interpolated"])]
 show_images([*err, test.masks[i, 0]], ["|x - x_r|", "|x - x_inter|", "ground truth"],
             value_range=(0, 1), size=1.9);
 

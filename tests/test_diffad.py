@@ -9,14 +9,15 @@ import torch
 from dap.config import ConfigError, from_dict, to_dict
 from dap.copy_metrics import copy_psnr
 from dap.diffusion import NoiseSchedule
-from dap.methods import build_method, method_from_checkpoint
-from dap.methods.base import TrainBatch
-from dap.methods.diffad import (BENCHMARK_TRAIN, BENCHMARK_VARIANTS, DENOISER, PHASES, DiffAD,
-                                DiffADConfig, diffad_config, interpolate_latents,
-                                noisy_condition, pooled_max_score, score_pool_size)
+from dap.engine.checkpoint import method_from_checkpoint
+from dap.engine.train import TrainConfig, TrainData, train
+from dap.methods import build_method
+from dap.methods.base import Reconstruction, TrainBatch
+from dap.methods.diffad import (DENOISER, PHASES, DiffAD, DiffADConfig, diffad_config,
+                                interpolate_latents, noisy_condition, pooled_max_score,
+                                score_pool_size)
 from dap.models.autoencoder import (AutoencoderKL, DiagonalGaussian, autoencoder_config,
                                     autoencoder_loss, kl_divergence)
-from dap.train import TrainConfig, TrainData, train
 
 # A small, fast DiffAD: 2 + 2 steps of the first phases, 2 DDIM steps.
 FAST = dict(ae_steps=2, denoiser_steps=2, segmenter_steps=2, ddim_steps=2, train_ddim_steps=2)
@@ -155,15 +156,24 @@ def test_interpolate_latents_is_linear():
 
 @pytest.mark.parametrize("lam,ref", [(1.0, "condition"), (0.0, "latent")])
 def test_interpolated_channel_ends(method, lam, ref):
-    old = method.config.interpolation_lambda
-    method.config.interpolation_lambda = lam
-    try:
+    with method.using(interpolation_lambda=lam):
         parts = method.reconstruct(_images(2))
-    finally:
-        method.config.interpolation_lambda = old
-    torch.testing.assert_close(parts["interpolated"], method.decode(parts[ref]))
+    assert method.config.interpolation_lambda == 0.5
+    assert isinstance(parts, Reconstruction)
+    torch.testing.assert_close(parts.extras["interpolated"], method.decode(parts.extras[ref]))
     if ref == "latent":
-        torch.testing.assert_close(parts["interpolated"], parts["reconstruction"])
+        torch.testing.assert_close(parts.extras["interpolated"], parts.sample)
+
+
+def test_reconstruct_is_reconstruct_parts_with_the_inference_settings(method):
+    x = _images(2)
+    rec = method.reconstruct(x)
+    assert set(rec.extras) == {"condition", "latent", "interpolated_latent", "interpolated"}
+    assert rec.sample.shape == (2, 3, 64, 64) and rec.extras["latent"].shape == (2, 4, 16, 16)
+    same = method.reconstruct_parts(x, num_steps=method.config.ddim_steps, shared_noise=True)
+    torch.testing.assert_close(rec.sample, same.sample, atol=0, rtol=0)
+    for k in rec.extras:
+        torch.testing.assert_close(rec.extras[k], same.extras[k], atol=0, rtol=0)
 
 
 def test_segmenter_input_channels():
@@ -175,10 +185,10 @@ def test_segmenter_input_channels():
         parts = m.reconstruct(x)
         inp = m._segmenter_input(x, parts)
         assert inp.shape == (2, n, 64, 64)
-        torch.testing.assert_close(inp[:, :3], parts["reconstruction"])
+        torch.testing.assert_close(inp[:, :3], parts.sample)
         torch.testing.assert_close(inp[:, -3:], x)
         if n == 9:
-            torch.testing.assert_close(inp[:, 3:6], parts["interpolated"])
+            torch.testing.assert_close(inp[:, 3:6], parts.extras["interpolated"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,17 +338,6 @@ def test_config_conveniences_and_round_trip():
         diffad_config("huge")
     cfg = diffad_config("ci")
     assert from_dict(DiffADConfig, DiffAD(cfg).config_dict()) == cfg
-
-
-def test_benchmark_variants_build_and_train_long_enough():
-    c = diffad_config("ci")
-    assert BENCHMARK_TRAIN["steps"] > c.ae_steps + c.denoiser_steps
-    assert set(BENCHMARK_VARIANTS) == {"diffad", "diffad noisy-sample", "diffad clean-cond",
-                                       "diffad no-interp"}
-    for spec in BENCHMARK_VARIANTS.values():
-        diffad_config("ci", **spec.get("overrides", {}))
-        TrainConfig(**spec.get("train_overrides", BENCHMARK_TRAIN))
-    assert BENCHMARK_VARIANTS["diffad noisy-sample"]["same_model_as"] == "diffad"
 
 
 # --------------------------------------------------------------------------------------------
