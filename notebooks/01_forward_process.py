@@ -37,10 +37,10 @@ if "google.colab" in sys.modules:  # Colab: install dap from the repository
                     "git+https://github.com/dap-project/dap"], check=True)
 
 # %% tags=["parameters"]
-from dap.config import get_profile, profile_settings
+from dap.profiles import get_profile, profile
 
 PROFILE = get_profile()          # DAP_PROFILE = ci | cpu | full
-SETTINGS = profile_settings(PROFILE)
+SETTINGS = profile(PROFILE)
 print(PROFILE, SETTINGS)
 
 # %%

@@ -40,7 +40,7 @@ if "google.colab" in sys.modules:  # Colab: install dap from the repository
                     "git+https://github.com/dap-project/dap"], check=True)
 
 # %% tags=["parameters"]
-from dap.config import get_profile
+from dap.profiles import get_profile
 
 PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full
 MODEL = "diffusionad-builtin-brick"         # a shipped model (dap.zoo); its denoiser is used

@@ -1,23 +1,39 @@
-"""The side-by-side table's orchestration (``dap.experiment.benchmark``) and the after-training
+"""The side-by-side table's orchestration (``dap.experiments.benchmark``) and the after-training
 hook of ``train_run``, with training and evaluation replaced by recording fakes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-import dap.experiment as E
+import dap.experiments as E
 from dap.config import ConfigError
-from dap.methods import build_method
+from dap.methods import ValidationSet, build_method
 
 VARIANTS = {
-    "m": {"overrides": {"a": 1}},
-    "m shared": {"same_model_as": "m", "eval_overrides": {"mode": "x"}},
-    "m other": {"overrides": {"a": 2}, "train_overrides": {"steps": 7}},
+    "m": E.Variant(overrides={"a": 1}),
+    "m shared": E.Variant(same_model_as="m", eval_overrides={"mode": "x"}),
+    "m other": E.Variant(overrides={"a": 2}, train_overrides={"steps": 7}),
 }
+
+
+class FakeModel(SimpleNamespace):
+    """What benchmark needs of a model: a config, ``using`` and ``extractor_name``."""
+
+    extractor_name = ""
+
+    @contextlib.contextmanager
+    def using(self, **changes):
+        old = self.config
+        self.config = SimpleNamespace(**{**vars(old), **changes})
+        try:
+            yield self
+        finally:
+            self.config = old
 
 
 @pytest.fixture
@@ -27,14 +43,14 @@ def fakes(monkeypatch):
     def train_run(name, d, profile=None, overrides=None, train_overrides=None, out_dir=None,
                   progress=True):
         calls["train"].append((overrides, train_overrides, d))
-        model = SimpleNamespace(config=SimpleNamespace(mode="default"), tag=overrides["a"])
+        model = FakeModel(config=SimpleNamespace(mode="default"), tag=overrides["a"])
         return model, None, {"train_config": {"steps": (train_overrides or {}).get("steps", 40)}}
 
     def evaluate_run(method, d, batch_size=16, progress=True, label=""):
         calls["eval"].append((label, method.tag, method.config.mode, d))
         return {"method": label, "category": d, "image_auroc": 0.5 + 0.1 * method.tag}, None
 
-    monkeypatch.setattr(E, "benchmark_variants", lambda name: VARIANTS)
+    monkeypatch.setattr(E, "variants", lambda name: VARIANTS)
     monkeypatch.setattr(E, "train_run", train_run)
     monkeypatch.setattr(E, "evaluate_run", evaluate_run)
     return calls
@@ -60,7 +76,7 @@ def test_every_variant_with_shared_model_and_merged_train_overrides(fakes, tmp_p
 
 
 def test_variants_filter_trains_the_shared_model_but_reports_only_the_wanted_row(fakes, tmp_path):
-    rows = E.benchmark(["m"], ["d1"], tmp_path, variants=["m shared"], progress=False)
+    rows = E.benchmark(["m"], ["d1"], tmp_path, only=["m shared"], progress=False)
     assert [r["method"] for r in rows] == ["m shared"]
     assert fakes["train"] == [({"a": 1}, {}, "d1")]          # "m"'s model, not "m other"'s
     assert [e[0] for e in fakes["eval"]] == ["m shared"]
@@ -68,7 +84,7 @@ def test_variants_filter_trains_the_shared_model_but_reports_only_the_wanted_row
 
 def test_unknown_variant_is_a_clear_error_before_any_work(fakes, tmp_path):
     with pytest.raises(ConfigError, match="unknown benchmark variant.*'nope'.*have"):
-        E.benchmark(["m"], ["d1"], tmp_path, variants=["nope"], progress=False)
+        E.benchmark(["m"], ["d1"], tmp_path, only=["nope"], progress=False)
     assert fakes["train"] == [] and fakes["eval"] == []
 
 
@@ -81,9 +97,9 @@ def test_glad_after_training_calibrates_on_the_validation_set(monkeypatch):
         return {"normal_images": int((labels == 0).sum())}
 
     monkeypatch.setattr(method, "calibrate", calibrate)
-    vset = {"image": torch.zeros(3, 3, 8, 8), "label": torch.tensor([0, 1, 0])}
+    vset = ValidationSet(torch.zeros(3, 3, 8, 8), torch.zeros(3, 8, 8), torch.tensor([0, 1, 0]))
     train_images = torch.ones(5, 3, 8, 8)
-    info = method.after_training(train_images, val_set=vset)
-    assert seen["images"] is vset["image"] and seen["labels"] is vset["label"]
+    info = method.after_training(train_images, vset)
+    assert seen["images"] is vset.image and seen["labels"] is vset.label
     assert info == {"normal_images": 2}
     assert method.after_training(train_images) is None       # no validation set: nothing to do

@@ -9,8 +9,8 @@ from torch import nn
 
 from dap.config import ConfigError
 from dap.methods.base import AnomalyMethod, Prediction
-from dap.train import (TrainConfig, TrainData, check_same_config, load_checkpoint, save_checkpoint,
-                       train)
+from dap.engine.checkpoint import check_same_config, load_checkpoint, save_checkpoint
+from dap.engine.train import TrainConfig, TrainData, train
 
 
 class TinyMethod(AnomalyMethod):

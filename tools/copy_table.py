@@ -28,7 +28,7 @@ import torch
 from dap import zoo
 from dap.analysis import load_test_tensors
 from dap.copy_metrics import copy_measures
-from dap.evaluate import write_atomic
+from dap.io import atomic_write_text
 from dap.methods import load_method
 
 CATEGORIES = ("brick", "grass", "gravel")
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {mean['copy_psnr']:.2f} | {mean['context_psnr']:.2f} | "
                      f"{mean['repair_psnr']:.2f} | {', '.join(cats)} |")
     table = "\n".join(lines) + "\n"
-    write_atomic(args.out / "copy-psnr.md", table)
-    write_atomic(args.out / "copy-psnr.json", json.dumps(per, indent=1))
+    atomic_write_text(args.out / "copy-psnr.md", table)
+    atomic_write_text(args.out / "copy-psnr.json", json.dumps(per, indent=1))
     print(table)
     return 0
 

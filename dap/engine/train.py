@@ -12,8 +12,8 @@ Design
 * **Model selection on validation only.** Every ``val_every`` steps the method is scored on the
   validation split (normal images + synthetic anomalies made once with a fixed seed); the best
   checkpoint by ``select_metric`` is kept beside the last one. The test split is never seen here.
-* **Atomic checkpoints** (temp file + rename) holding the configs, git commit, step, metrics and
-  history; they load with ``torch.load(weights_only=True)``.
+* **Atomic checkpoints** (:mod:`dap.engine.checkpoint`: temp file + rename) holding the
+  configs, git commit, step, metrics and history; they load with ``torch.load(weights_only=True)``.
 * **DDP.** Under ``torchrun`` (``WORLD_SIZE`` > 1) the method is wrapped in
   ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); each rank takes its slice of the
   global batch, and only rank 0 validates and writes.
@@ -22,12 +22,9 @@ Design
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
-import os
 import random
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dap.config import ConfigError, from_dict, to_dict
+from dap.config import ConfigError, to_dict
+from dap.engine.checkpoint import (CHECKPOINT_FORMAT, check_same_config, dap_version, git_commit,
+                                   load_checkpoint, save_checkpoint)
+from dap.io import atomic_write_text
 from dap.methods.base import AnomalyMethod, TrainBatch
-
-CHECKPOINT_FORMAT = "dap-checkpoint-v1"
 
 
 @dataclass
@@ -172,72 +170,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def git_commit() -> str:
-    """The current git commit of the dap checkout, or 'unknown'."""
-    try:
-        root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001 - no git is fine
-        return "unknown"
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` with torch.save to a temp file, then rename it into place (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a dap checkpoint safely (``weights_only=True``) and check its format."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path} is not a readable dap checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a dap checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return ckpt
-
-
-def check_same_config(ckpt: dict, method_name: str, config: dict, path: str | Path) -> None:
-    """A clear error when a checkpoint was made for another method or config."""
-    if ckpt["method"] != method_name:
-        raise ConfigError(f"{path} holds a {ckpt['method']!r} model, not {method_name!r}")
-    if ckpt["method_config"] != json.loads(json.dumps(config)):
-        diff = _dict_diff(ckpt["method_config"], config)
-        raise ConfigError(
-            f"{path} was trained with another config ({'; '.join(diff[:5])}). Build the method "
-            "from the checkpoint's own config (dap.zoo.load / dap.methods.load_method) or "
-            "start a new run directory."
-        )
-
-
-def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _dict_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        a, b = list(a), list(b)
-    return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs now {b!r}"]
-
-
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -340,7 +272,7 @@ def train(
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state()}, "step": step, "history": history,
             "validations": validations, "best": best, "metrics": metrics or {},
-            "git_commit": git_commit(), "dap_version": _version(), "extra": extra or {},
+            "git_commit": git_commit(), "dap_version": dap_version(), "extra": extra or {},
             "world_size": world,
         }
 
@@ -408,25 +340,13 @@ def train(
     if out is not None and rank == 0:
         last_path = save_checkpoint(out / "last.pt", payload(done, validations[-1] if validations else None))
         best_path = out / "best.pt" if (out / "best.pt").exists() else None
-        tmp = out / ".history.json.tmp"
-        tmp.write_text(json.dumps({"history": history, "validations": validations, "best": best}))
-        os.replace(tmp, out / "history.json")
+        atomic_write_text(out / "history.json",
+                          json.dumps({"history": history, "validations": validations, "best": best}))
     return TrainResult(history, validations, best, last_path, best_path,
                        time.perf_counter() - t0)
 
 
-def _version() -> str:
-    from dap import __version__
-
-    return __version__
-
-
-def train_config_from(d: dict) -> TrainConfig:
-    return from_dict(TrainConfig, d)
-
-
 __all__ = [
-    "TrainConfig", "TrainData", "TrainResult", "train", "save_checkpoint", "load_checkpoint",
-    "check_same_config", "seed_everything", "step_generator", "resolve_amp", "git_commit",
-    "to_uint8", "train_config_from", "dataclasses",
+    "TrainConfig", "TrainData", "TrainResult", "train", "seed_everything", "step_generator",
+    "resolve_amp", "default_device", "to_uint8",
 ]
