@@ -143,7 +143,8 @@ def wide_resnet50_2(base_width: int = 64, num_stages: int = 4) -> WideResNet:
     return WideResNet(base_width, 2 * base_width, (3, 4, 6, 3), num_stages)
 
 
-def _missing_weights_message(path: str | os.PathLike | None) -> str:
+def missing_weights_message(path: str | os.PathLike | None) -> str:
+    """The error text for absent WideResNet weights: where to get them, how to pass them."""
     where = f"not found at {str(path)!r}" if path else "not given"
     return (
         f"ImageNet weights for wide_resnet50_2 {where}. dap does not download them (no "
@@ -172,7 +173,7 @@ def load_wide_resnet50_2(path: str | os.PathLike, model: WideResNet) -> WideResN
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(_missing_weights_message(path))
+        raise FileNotFoundError(missing_weights_message(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure gets the same advice
@@ -337,6 +338,6 @@ def feature_distance(feats_a: Sequence[Tensor], feats_b: Sequence[Tensor],
 
 __all__ = [
     "WRN50_2_URL", "WRN50_2_FILE", "IMAGENET_MEAN", "IMAGENET_STD", "Bottleneck", "WideResNet",
-    "wide_resnet50_2", "load_wide_resnet50_2", "WideResNetFeatures", "denoiser_features",
-    "DenoiserFeatures", "feature_distance",
+    "wide_resnet50_2", "load_wide_resnet50_2", "missing_weights_message", "WideResNetFeatures",
+    "denoiser_features", "DenoiserFeatures", "feature_distance",
 ]

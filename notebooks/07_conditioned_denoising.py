@@ -72,7 +72,8 @@ from dap.analysis import load_test_tensors, median_iqr, remaining_fraction, repa
 from dap.diffusion import conditioned_guidance, ddim_timesteps, norm_guided
 from dap.evaluate import measure_fps, results_markdown
 from dap.experiment import datasets, evaluate_run, parse_data, train_run
-from dap.methods.ddad import conditioned_reconstruct, gaussian_blur
+from dap.methods.base import gaussian_blur
+from dap.methods.ddad import conditioned_reconstruct
 from dap.train import TrainData
 from dap.viz import plot_curves, show_images
 
@@ -235,7 +236,8 @@ plot_curves(np.arange(len(loss)), {"noise loss": loss}, "step", "loss", logy=Tru
 #   features of x0 and x (3 x 3 patches): tolerant to small shifts, coarse.
 #
 # The map is blur(f + v s p) with s = max f / max p, Gaussian sigma 4 at 256 px (1 at 64 px);
-# the image score is its max. The paper's extractor is an ImageNet WideResNet-50-2 (layers 2 and
+# the image score is its max. `model.map_terms(x, rec)` gives f and p, `model.anomaly_map(x, rec)`
+# the map. The paper's extractor is an ImageNet WideResNet-50-2 (layers 2 and
 # 3); dap's offline default is the trained denoiser's own encoder at t = 0 (`extractor_name`).
 # With the torchvision weights file at hand, pass `extractor="wide_resnet50_2",
 # extractor_weights=PATH` to `build_method` / `train_run(overrides=...)`.
@@ -247,8 +249,9 @@ test_root = None if DATA.startswith("builtin") else parse_data(DATA, model.image
 model_test = load_test_tensors(DATA.split(":")[1], model.image_size, n=4, kind="all",
                                root=test_root).to(DEVICE)
 x = model_test.images
-rec = model.reconstruct(x)
-maps = model.anomaly_maps(x, rec)
+rec = model.reconstruct(x).sample
+maps = model.map_terms(x, rec)            # {"feature": f, "pixel": p}, each (B, H, W)
+amap = model.anomaly_map(x, rec)          # blur(f + v s p)
 
 
 def as_image(m):   # (B, H, W) -> (B, 3, H, W) in [-1, 1], each map scaled to its own max
@@ -257,7 +260,7 @@ def as_image(m):   # (B, H, W) -> (B, 3, H, W) in [-1, 1], each map scaled to it
 
 
 tiles = torch.stack([x, rec, as_image(maps["pixel"]), as_image(maps["feature"]),
-                     as_image(maps["map"]), model_test.masks.expand(-1, 3, -1, -1) * 2 - 1],
+                     as_image(amap), model_test.masks.expand(-1, 3, -1, -1) * 2 - 1],
                     1).flatten(0, 1)
 show_images(tiles.cpu(), ["input", "reconstruction", "pixel p", "feature f", "map", "defect"] * 4,
             ncols=6, size=1.7);
@@ -275,14 +278,14 @@ def batch_max_scores(out, v=1.0):   # the official code's normalisation, over th
     return gaussian_blur(out["feature"] + v * s * out["pixel"], model.config.sigma).amax(dim=(1, 2))
 
 
-alone = [float(batch_max_scores(model.anomaly_maps(x[i:i + 1], rec[i:i + 1])))
+alone = [float(batch_max_scores(model.map_terms(x[i:i + 1], rec[i:i + 1])))
          for i in range(len(x))]
 batched = batch_max_scores(maps).tolist()
 dap_alone = [float(model.predict(x[i:i + 1]).score) for i in range(len(x))]
 for i in range(len(x)):
     print(f"image {i} ({model_test.defects[i]:>8}): official alone {alone[i]:.4f}, in the "
           f"batch {batched[i]:.4f} | dap alone {dap_alone[i]:.4f}, in the batch "
-          f"{float(maps['score'][i]):.4f}")
+          f"{float(amap[i].max()):.4f}")
 
 # %% [markdown]
 # ## 5. Domain adaptation
@@ -311,9 +314,10 @@ print({k: round(v, 4) for k, v in info.items()})
 # %%
 mixed = load_test_tensors(DATA.split(":")[1], model.image_size, n=N_IMAGES, kind="all",
                           root=test_root).to(DEVICE)
-rec_mixed = model.reconstruct(mixed.images)
+rec_mixed = model.reconstruct(mixed.images).sample
 for adapted in (False, True):
-    f = model.anomaly_maps(mixed.images, rec_mixed, adapted=adapted)["feature"].mean(dim=(1, 2))
+    with model.using(use_adaptation="require" if adapted else "off"):
+        f = model.map_terms(mixed.images, rec_mixed)["feature"].mean(dim=(1, 2))
     print(f"{'adapted' if adapted else 'frozen':>7}: normal {f[mixed.labels == 0].mean():.4f}, "
           f"defective {f[mixed.labels == 1].mean():.4f}")
 
@@ -330,12 +334,11 @@ for adapted in (False, True):
 # %%
 rows = []
 for label, mode in (("ddad", "off"), ("ddad+DA", "require")):
-    model.config.use_adaptation = mode
-    row, res = evaluate_run(model, DATA, fps=False, label=label)
-    fps_kw = {"batch_size": 4, "warmup": 1, "iters": 2} if PROFILE == "ci" else {}
-    row.update(measure_fps(model, model.image_size, **fps_kw))
-    rows.append({**row, "extractor": model.extractor_name})
-model.config.use_adaptation = "auto"
+    with model.using(use_adaptation=mode):
+        row, res = evaluate_run(model, DATA, fps=False, label=label)
+        fps_kw = {"batch_size": 4, "warmup": 1, "iters": 2} if PROFILE == "ci" else {}
+        row.update(measure_fps(model, model.image_size, **fps_kw))
+        rows.append({**row, "extractor": model.extractor_name})
 print(results_markdown(rows))
 
 # %% [markdown]

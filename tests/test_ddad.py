@@ -9,9 +9,8 @@ from dap.diffusion import NoiseSchedule, conditioned_guidance, reconstruct
 from dap.features import (WRN50_2_URL, DenoiserFeatures, WideResNetFeatures, feature_distance,
                           load_wide_resnet50_2, wide_resnet50_2)
 from dap.methods import build_method
-from dap.methods.base import TrainBatch
-from dap.methods.ddad import (BENCHMARK_VARIANTS, DDAD, conditioned_reconstruct, ddad_config,
-                              gaussian_blur)
+from dap.methods.base import Reconstruction, TrainBatch, gaussian_blur
+from dap.methods.ddad import DDAD, conditioned_reconstruct, ddad_config
 
 # few DDIM steps keep the tests fast; nothing tested here depends on their number
 FAST = {"ddim_steps": 2, "t_start": 50}
@@ -108,8 +107,12 @@ def test_conditioning_pulls_towards_the_target():
     """With a target, a larger w gives a reconstruction closer to it."""
     m = _random_model()
     x = _images(2)
-    errs = [float((m.reconstruct(x, w=w) - x).abs().mean()) for w in (0.0, 2.0, 6.0)]
+    errs = []
+    for w in (0.0, 2.0, 6.0):
+        with m.using(w=w):
+            errs.append(float((m.reconstruct(x).sample - x).abs().mean()))
     assert errs[0] > errs[1] > errs[2]
+    assert m.config.w == 2.0                          # using() restores the config
 
 
 def test_gaussian_blur_matches_scipy():
@@ -150,6 +153,10 @@ def test_predict_shapes_and_score_is_max():
     assert float(pred.anomaly_map.min()) >= 0
     torch.testing.assert_close(pred.score, pred.anomaly_map.amax(dim=(1, 2)))
     torch.testing.assert_close(m.predict(_images(2)).score, pred.score)  # deterministic
+    rec = m.reconstruct(_images(2))
+    assert isinstance(rec, Reconstruction) and rec.sample.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(rec.sample, pred.reconstruction)
+    torch.testing.assert_close(m.anomaly_map(_images(2), rec), pred.anomaly_map)
 
 
 @pytest.mark.parametrize("calibrated", [False, True])
@@ -174,11 +181,14 @@ def test_map_combines_feature_and_weighted_pixel_distance():
     m = _random_model(blur_sigma=0.0, v=0.5)
     m.pixel_scale.fill_(3.0)
     x = _images(2)
-    rec = m.reconstruct(x)
-    out = m.anomaly_maps(x, rec)
+    rec = m.reconstruct(x).sample
+    terms = m.map_terms(x, rec)
     p = (rec - x).abs().mean(1)
     f = feature_distance(m.features(rec), m.features(x), (64, 64), 3)
-    torch.testing.assert_close(out["map"], f + 0.5 * 3.0 * p)
+    assert set(terms) == {"feature", "pixel"}
+    torch.testing.assert_close(terms["pixel"], p)
+    torch.testing.assert_close(terms["feature"], f)
+    torch.testing.assert_close(m.anomaly_map(x, rec), f + 0.5 * 3.0 * p)
     assert m.config.sigma == 0.0 and ddad_config("ci").sigma == 1.0 and \
         ddad_config("paper").sigma == 4.0
 
@@ -309,24 +319,13 @@ def test_adapt_on_a_plain_model_creates_the_copy_and_records_it():
         _random_model().adapt(_images(2))
 
 
-def test_after_training_takes_train_data_and_calibrates():
-    from dap.train import TrainData, to_uint8
-
+def test_after_training_takes_train_images_and_calibrates():
     m = _random_model(calibration_images=3)
-    info = m.after_training(TrainData(to_uint8(_images(5))))
+    uint8 = ((_images(5) + 1) * 127.5).round().to(torch.uint8)     # as training data holds them
+    info = m.after_training(uint8)
     assert set(info) == {"pixel_scale"} and info["pixel_scale"] > 0      # no adaptation asked
     assert float(m.pixel_scale) == pytest.approx(info["pixel_scale"])
     assert m.adapted_extractor is None and not m.training
-
-
-def test_benchmark_rows_share_one_model():
-    from dap.experiment import benchmark_variants
-
-    rows = benchmark_variants("ddad")
-    assert rows is BENCHMARK_VARIANTS and list(rows) == ["ddad", "ddad+DA"]
-    assert rows["ddad+DA"]["same_model_as"] == "ddad"
-    assert rows["ddad"]["overrides"]["domain_adaptation_steps"] > 0
-    assert rows["ddad"]["eval_overrides"] == {"use_adaptation": "off"}
 
 
 # --------------------------------------------------------------------------------------------
