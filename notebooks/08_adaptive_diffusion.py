@@ -66,14 +66,13 @@ import numpy as np
 import torch
 
 from dap import zoo
-from dap.analysis import load_test_tensors
+from dap.analysis import load_test_tensors, run_adaptive
 from dap.diffusion import NoiseSchedule
 from dap.evaluate import synthetic_validation_set
 from dap.experiment import datasets, parse_data, train_run
 from dap.methods import PROFILE_PRESET, build_method
 from dap.methods.base import TrainBatch
-from dap.methods.glad import (atp_blend, atp_noise_target, calibrate, flipped_atp_noise_target,
-                              run_on)
+from dap.methods.glad import atp_blend, atp_noise_target, flipped_atp_noise_target
 from dap.metrics import MetricAccumulator
 from dap.synthesis import AnomalySynthesizer, SynthesisConfig
 from dap.viz import plot_curves, show_images
@@ -179,10 +178,10 @@ print({k: round(v.item(), 4) for k, v in losses.items()})
 #
 # The thresholds are chosen on the **validation split** — normal images plus synthetic
 # anomalies, exactly the set `train_run` selects checkpoints on — never on the test split
-# (the official code tuned them on test). `calibrate` uses only the normal images: at each step
-# the median score rho_k, and one factor lambda such that 95 % of normal validation images
-# never stop early (threshold_k = lambda rho_k), and the mean patch discrepancy mu_k, which
-# with the threshold sets SAFF's mask (section 5).
+# (the official code tuned them on test). `method.calibrate` uses only the normal images: at
+# each step the median score rho_k, and one factor lambda such that 95 % of normal validation
+# images never stop early (threshold_k = lambda rho_k), and the mean patch discrepancy mu_k,
+# which with the threshold sets SAFF's mask (section 5).
 # The first step's threshold is never used (there x0_i = x0_r exactly), and steps after
 # min_step are never reached (None).
 
@@ -201,7 +200,7 @@ else:
 method = method.to(DEVICE).eval()
 val_images = torch.stack([val_ds[i]["image"] for i in range(len(val_ds))])
 vset = synthetic_validation_set(method.synthesizer, val_images)
-info = calibrate(method, vset["image"], vset["label"])
+info = method.calibrate(vset.image, vset.label)
 print(source)
 print(f"calibrated on {info['normal_images']} normal validation images; lambda = "
       f"{info['lambda']:.2f}")
@@ -216,7 +215,7 @@ print("threshold:", info["thresholds"])
 
 # %%
 test = load_test_tensors(CATEGORY, method.image_size, kind="all")
-res = run_on(method, test.images)
+res = run_adaptive(method, test.images)
 normal_img, defect_img = test.labels == 0, test.labels == 1
 steps = [s for s in info["timesteps"] if s >= method.config.min_step]
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -260,9 +259,8 @@ ax.set_yscale("log");
 # **inside** it (residual defect).
 
 # %%
-method.config.saff = False
-res_plain = run_on(method, test.images)
-method.config.saff = True
+with method.using(saff=False):
+    res_plain = run_adaptive(method, test.images)
 
 
 def region_errors(rec):
@@ -300,9 +298,8 @@ show_images(torch.stack(tiles).clamp(-1, 1), titles, ncols=5, size=1.7);
 # with SAFF).
 
 # %%
-method.config.adaptive = False
-res_fixed = run_on(method, test.images)
-method.config.adaptive = True
+with method.using(adaptive=False):
+    res_fixed = run_adaptive(method, test.images)
 
 
 def metrics(r):
@@ -321,7 +318,7 @@ for name, r in (("GLAD", res), ("no SAFF", res_plain), ("fixed step", res_fixed)
 # %% [markdown]
 # Under `ci` these numbers come from a borrowed denoiser trained without ATP on 60 test images:
 # read them as a demonstration of the pipeline, not as results. The side-by-side table of every
-# variant comes from the method's `BENCHMARK_VARIANTS`:
+# variant comes from GLAD's rows in the benchmark (`dap.experiments.variants("glad")`):
 #
 # ```
 # TRAIN="steps=800 lr=0.001 lr_schedule=cosine warmup_steps=50 val_every=200 batch_size=8"
@@ -365,9 +362,9 @@ for name, r in (("GLAD", res), ("no SAFF", res_plain), ("fixed step", res_fixed)
 #
 # ## Exercises
 #
-# 1. Set `method.config.after_stop = "continue"` (the official code: the fused x0 is denoised on
-#    to t = 0) and compare the fidelity outside the defects and the metrics.
-# 2. Recalibrate with `method.config.threshold_quantile = 0.8` and `0.99`. How does the
+# 1. Run inside `with method.using(after_stop="continue"):` (the official code: the fused x0 is
+#    denoised on to t = 0) and compare the fidelity outside the defects and the metrics.
+# 2. Recalibrate inside `with method.using(threshold_quantile=0.8):` (and `0.99`). How does the
 #    stop-step histogram change, and which way do image and pixel AUROC move?
 # 3. Choose `min_step` on the validation split: for min_step in 120, 160, 200, 240, recalibrate
 #    and score the synthetic validation set (`dap.evaluate.validate_on(method, vset)`); then
@@ -376,4 +373,5 @@ for name, r in (("GLAD", res), ("no SAFF", res_plain), ("fixed step", res_fixed)
 #    atp=False)`, with `train_run` on the same data and steps. Which one repairs large defects
 #    better (inside error against the clean image)?
 # 5. Replace the discrepancy's direction (query = the reconstruction, reference = the input's x0)
-#    in `dap.methods.glad.patch_discrepancy`'s call. Why does that direction miss defects?
+#    in the call of `patch_discrepancy` in `GLAD.discrepancy` (`dap/methods/glad/model.py`).
+#    Why does that direction miss defects?
