@@ -49,14 +49,14 @@ if "google.colab" in sys.modules:  # Colab: install dap from the repository
                     "git+https://github.com/dap-project/dap"], check=True)
 
 # %% tags=["parameters"]
-from dap.config import get_profile
+from dap.profiles import get_profile, profile
 
 PROFILE = get_profile()                            # DAP_PROFILE = ci | cpu | full
 CATEGORY = "brick"                                 # a built-in category
 GLAD_MODEL = f"glad-builtin-{CATEGORY}"            # a shipped GLAD model, used if present
 DENOISER_FROM = f"diffusionad-builtin-{CATEGORY}"  # else (ci): borrow this model's denoiser
 TRAIN = PROFILE != "ci"                            # train GLAD here (cpu: minutes, full: GPU)
-TRAIN_STEPS = {"ci": 40, "cpu": 1500, "full": 48000}[PROFILE]
+TRAIN_STEPS = profile(PROFILE).notebook_train_steps  # the profile table: dap/profiles.py
 SEED = 0
 print(PROFILE, "| train here:", TRAIN)
 
@@ -68,9 +68,10 @@ import torch
 from dap import zoo
 from dap.analysis import load_test_tensors, run_adaptive
 from dap.diffusion import NoiseSchedule
-from dap.evaluate import synthetic_validation_set
-from dap.experiment import datasets, parse_data, train_run
-from dap.methods import PROFILE_PRESET, build_method
+from dap.data.spec import datasets, parse_data
+from dap.engine.select import synthetic_validation_set
+from dap.experiments import train_run
+from dap.methods import build_method
 from dap.methods.base import TrainBatch
 from dap.methods.glad import atp_blend, atp_noise_target, flipped_atp_noise_target
 from dap.metrics import MetricAccumulator
@@ -114,7 +115,7 @@ _ = torch.manual_seed(SEED)
 # anomaly. We check both numerically, in float64, on a real training image.
 
 # %%
-size = {"ci": 64, "cpu": 128, "full": 256}[PROFILE]
+size = profile(PROFILE).image_size
 spec = parse_data(f"builtin:{CATEGORY}", size)
 train_ds, val_ds, _ = datasets(spec, size)
 normal = torch.stack([train_ds[i]["image"] for i in range(4)])
@@ -158,10 +159,10 @@ plot_curves(ts, {"alpha = t / T (ATP)": coef * ts / schedule.num_train_timesteps
 
 # %% [markdown]
 # One ATP training step is `method(batch, generator)` (the loss every dap method returns); the
-# training loop (`dap.train`, notebook 06) is the same as for DiffusionAD.
+# training loop (`dap.engine.train`, notebook 06) is the same as for DiffusionAD.
 
 # %%
-method = build_method("glad", PROFILE_PRESET[PROFILE]).to(DEVICE)
+method = build_method("glad", profile(PROFILE).preset).to(DEVICE)
 losses = method(TrainBatch(normal.to(DEVICE)), torch.Generator(DEVICE).manual_seed(SEED))
 print({k: round(v.item(), 4) for k, v in losses.items()})
 
@@ -194,7 +195,7 @@ elif TRAIN:
                                 train_overrides={"steps": TRAIN_STEPS})
     source = f"trained here, {TRAIN_STEPS} steps, selected on {prov['selected']}"
 else:
-    method = build_method("glad", PROFILE_PRESET[PROFILE]).to(DEVICE).eval()
+    method = build_method("glad", profile(PROFILE).preset).to(DEVICE).eval()
     method.denoiser.load_state_dict(zoo.load(DENOISER_FROM).denoiser.state_dict())
     source = f"denoiser of {DENOISER_FROM} (trained without ATP)"
 method = method.to(DEVICE).eval()
@@ -367,7 +368,7 @@ for name, r in (("GLAD", res), ("no SAFF", res_plain), ("fixed step", res_fixed)
 # 2. Recalibrate inside `with method.using(threshold_quantile=0.8):` (and `0.99`). How does the
 #    stop-step histogram change, and which way do image and pixel AUROC move?
 # 3. Choose `min_step` on the validation split: for min_step in 120, 160, 200, 240, recalibrate
-#    and score the synthetic validation set (`dap.evaluate.validate_on(method, vset)`); then
+#    and score the synthetic validation set (`dap.engine.select.validate_on(method, vset)`); then
 #    evaluate only the winner on the test split.
 # 4. Train two small models, `build_method("glad", "ci")` and `build_method("glad", "ci",
 #    atp=False)`, with `train_run` on the same data and steps. Which one repairs large defects

@@ -44,7 +44,7 @@ if "google.colab" in sys.modules:  # Colab: install dap from the repository
                     "git+https://github.com/dap-project/dap"], check=True)
 
 # %% tags=["parameters"]
-from dap.config import get_profile
+from dap.profiles import get_profile, profile
 
 PROFILE = get_profile()                         # DAP_PROFILE = ci | cpu | full
 DATA = "mvtec:bottle" if PROFILE == "full" else "builtin:brick"
@@ -66,12 +66,14 @@ from dap import zoo
 from dap.analysis import load_test_tensors
 from dap.config import replace
 from dap.copy_metrics import copy_measures
-from dap.evaluate import example_figure, measure_fps, results_markdown
-from dap.experiment import datasets, evaluate_run, parse_data
-from dap.methods import PROFILE_PRESET, build_method
+from dap.data.spec import datasets, parse_data
+from dap.engine.evaluate import measure_fps
+from dap.engine.train import TrainConfig, TrainData, train
+from dap.experiments import evaluate_run
+from dap.methods import build_method
 from dap.methods.diffad import DiffAD, interpolate_latents, noisy_condition
 from dap.models.common import count_parameters
-from dap.train import TrainConfig, TrainData, train
+from dap.report import example_figure, results_markdown
 from dap.viz import show_images, to_numpy_image
 
 torch.manual_seed(0)
@@ -89,7 +91,7 @@ torch.manual_seed(0)
 # presets down-sample 4 times (64 px -> 16 x 16 x 4).
 
 # %%
-preset = PROFILE_PRESET[PROFILE]
+preset = profile(PROFILE).preset
 method = build_method("diffad", preset, ae_steps=AE_STEPS)
 cfg = method.config
 print(f"image {cfg.autoencoder.image_size} px -> latent {cfg.autoencoder.latent_size} x "
