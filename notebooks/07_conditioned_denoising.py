@@ -45,7 +45,7 @@ if "google.colab" in sys.modules:  # Colab: install dap from the repository
                     "git+https://github.com/dap-project/dap"], check=True)
 
 # %% tags=["parameters"]
-from dap.config import get_profile
+from dap.profiles import get_profile
 
 PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full
 ZOO_MODEL = "diffusionad-builtin-brick"     # a trained denoiser to study conditioning with
@@ -69,12 +69,14 @@ import torch
 
 from dap import zoo
 from dap.analysis import load_test_tensors, median_iqr, remaining_fraction, repair_errors
+from dap.data.spec import datasets, parse_data
 from dap.diffusion import conditioned_guidance, ddim_timesteps, norm_guided
-from dap.evaluate import measure_fps, results_markdown
-from dap.experiment import datasets, evaluate_run, parse_data, train_run
+from dap.engine.evaluate import measure_fps
+from dap.engine.train import TrainData
+from dap.experiments import evaluate_run, train_run
 from dap.methods.base import gaussian_blur
 from dap.methods.ddad import conditioned_reconstruct
-from dap.train import TrainData
+from dap.report import results_markdown
 from dap.viz import plot_curves, show_images
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -211,7 +213,7 @@ widgets.interact(condition_one, image=widgets.IntSlider(large, 0, len(test) - 1)
 # DDAD's denoiser is a plain DDPM noise predictor trained on *normal* images only:
 # t ~ U[0, 1000), L = ||eps - eps_theta(x_t, t)||^2. No synthetic anomalies, no segmentation
 # network (the synthesizer only makes the validation set that model selection uses). The
-# training loop is the shared one of `dap.train`. Under `ci` this is a few dozen steps: enough
+# training loop is the shared one of `dap.engine.train`. Under `ci` this is a few dozen steps: enough
 # to see the loss fall, not to detect much.
 
 # %%
@@ -275,7 +277,7 @@ show_images(tiles.cpu(), ["input", "reconstruction", "pixel p", "feature f", "ma
 # %%
 def batch_max_scores(out, v=1.0):   # the official code's normalisation, over the batch
     s = out["feature"].max() / out["pixel"].max()
-    return gaussian_blur(out["feature"] + v * s * out["pixel"], model.config.sigma).amax(dim=(1, 2))
+    return gaussian_blur(out["feature"] + v * s * out["pixel"], model.config.smoothing_sigma).amax(dim=(1, 2))
 
 
 alone = [float(batch_max_scores(model.map_terms(x[i:i + 1], rec[i:i + 1])))

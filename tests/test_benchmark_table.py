@@ -103,3 +103,41 @@ def test_glad_after_training_calibrates_on_the_validation_set(monkeypatch):
     assert seen["images"] is vset.image and seen["labels"] is vset.label
     assert info == {"normal_images": 2}
     assert method.after_training(train_images) is None       # no validation set: nothing to do
+
+
+# --------------------------------------------------------------------------------------------
+# The variant registry (dap.experiments.variants): the rows each method contributes
+# --------------------------------------------------------------------------------------------
+def test_ddad_rows_share_one_adapted_model():
+    v = E.variants("ddad")
+    assert list(v) == ["ddad", "ddad+DA"]
+    assert v["ddad+DA"].same_model_as == "ddad"
+    assert v["ddad"].overrides["domain_adaptation_steps"] == E.DDAD_DA_STEPS > 0
+    assert v["ddad"].eval_overrides == {"use_adaptation": "off"}
+    assert v["ddad+DA"].eval_overrides == {"use_adaptation": "require"}
+
+
+def test_diffad_variants_build_and_train_past_the_segmenter_phase():
+    from dap.config import from_dict
+    from dap.engine.train import TrainConfig
+    from dap.methods import method_config
+
+    c = method_config("diffad", "ci")
+    v = E.variants("diffad")
+    assert set(v) == {"diffad", "diffad noisy-sample", "diffad clean-cond", "diffad no-interp"}
+    assert v["diffad"].train_overrides["steps"] > c.ae_steps + c.denoiser_steps
+    for spec in v.values():
+        method_config("diffad", "ci", **spec.overrides)
+        from_dict(TrainConfig, spec.train_overrides or v["diffad"].train_overrides)
+    assert v["diffad noisy-sample"].same_model_as == "diffad"
+
+
+def test_every_variants_eval_overrides_are_accepted_by_using():
+    from dap.methods import REGISTRY
+
+    for name in REGISTRY:
+        for label, spec in E.variants(name).items():
+            base = E.variants(name).get(spec.same_model_as, spec) if spec.same_model_as else spec
+            m = build_method(name, "ci", **base.overrides)
+            with m.using(**spec.eval_overrides):
+                pass

@@ -189,8 +189,8 @@ def test_map_combines_feature_and_weighted_pixel_distance():
     torch.testing.assert_close(terms["pixel"], p)
     torch.testing.assert_close(terms["feature"], f)
     torch.testing.assert_close(m.anomaly_map(x, rec), f + 0.5 * 3.0 * p)
-    assert m.config.sigma == 0.0 and ddad_config("ci").sigma == 1.0 and \
-        ddad_config("paper").sigma == 4.0
+    assert m.config.smoothing_sigma == 0.0 and ddad_config("ci").smoothing_sigma == 1.0 and \
+        ddad_config("paper").smoothing_sigma == 4.0
 
 
 # --------------------------------------------------------------------------------------------

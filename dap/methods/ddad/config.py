@@ -119,7 +119,7 @@ class DDADConfig:
             raise ConfigError("DDADConfig needs da_batch_size >= 1, da_lr > 0, da_lambda >= 0")
 
     @property
-    def sigma(self) -> float:
+    def smoothing_sigma(self) -> float:
         """The blur actually used: ``blur_sigma``, or 4 * image_size / 256."""
         if self.blur_sigma is not None:
             return self.blur_sigma

@@ -194,7 +194,7 @@ class DDAD(AnomalyMethod):
             s = scale.to(f.dtype).expand(f.shape[0])
         else:
             s = per_image_scale(f, p)
-        return combine_map(f, p, s, c.v, c.sigma)
+        return combine_map(f, p, s, c.v, c.smoothing_sigma)
 
     @torch.no_grad()
     def predict(self, images: Tensor, generator: torch.Generator | None = None) -> Prediction:
