@@ -31,12 +31,28 @@ from dap.profiles import PROFILES
 # --------------------------------------------------------------------------------------------
 # Shared argument helpers
 # --------------------------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", choices=PROFILES, default=None,
-                   help="sizes: ci | cpu | full (default: $DAP_PROFILE, else full with CUDA, else cpu)")
-    p.add_argument("--data-root", default=None, help="override $DAP_DATA")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=None)
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, profile: bool = True, data: bool = True) -> None:
+    """The options a command uses (a command takes none that it would ignore)."""
+    if profile:
+        p.add_argument("--profile", choices=PROFILES, default=None,
+                       help="sizes: ci | cpu | full (default: $DAP_PROFILE, else full with CUDA, "
+                            "else cpu)")
+    if data:
+        p.add_argument("--data-root", default=None, help="override $DAP_DATA")
+        p.add_argument("--device", default=None,
+                       help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=positive_int, default=None)
 
 
 def parse_assignments(pairs: list[str] | None) -> dict:
@@ -181,7 +197,7 @@ def add_train(sub) -> None:
     p.add_argument("--data", required=True, help="DATASET:CATEGORY, e.g. builtin:brick, mvtec:bottle")
     p.add_argument("--out", default=None, help="run directory (default runs/train/...)")
     p.add_argument("--preset", default=None, help="model preset: ci | cpu | paper (default: from profile)")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=None)
     p.add_argument("--select", default=None, help="validation metric to select on, or 'last'")
@@ -189,7 +205,9 @@ def add_train(sub) -> None:
     p.add_argument("--train-set", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.add_argument("--export", default=None, metavar="NAME",
-                   help="also write the selected model to dap/checkpoints/NAME.{pt,json}")
+                   help="also write the selected model to dap/checkpoints/NAME.{pt,json} (a "
+                        "name, not a path)")
+    p.add_argument("--force", action="store_true", help="let --export replace a zoo model")
     _common(p)
     p.set_defaults(func=run_train)
 
@@ -197,9 +215,16 @@ def add_train(sub) -> None:
 def run_train(args) -> int:
     import shlex
 
+    from dap import zoo
     from dap.engine.checkpoint import git_commit
     from dap.experiments import train_run
 
+    if args.export:
+        # checked before training, not after hours of it
+        zoo.check_name(args.export)
+        if not args.force and args.export in zoo.available():
+            raise ValueError(f"--export {args.export}: a zoo model of that name exists; choose "
+                             "another name or add --force")
     tover = parse_assignments(args.train_set)
     for key, val in (("steps", args.steps), ("seed", args.seed), ("amp", args.amp),
                      ("batch_size", args.batch_size), ("select_metric", args.select)):
@@ -214,12 +239,10 @@ def run_train(args) -> int:
     if args.export:
         import torch
 
-        from dap import zoo
-
         prov.update(command="python -m dap " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                     method_config=method.config_dict(), git_commit=git_commit(),
                     train_overrides=tover, torch=torch.__version__)
-        pt, js = zoo.export(method, args.export, prov)
+        pt, js = zoo.export(method, args.export, prov, force=args.force)
         print(f"exported {pt} ({pt.stat().st_size / 1e6:.1f} MB) and {js}")
     return 0
 
@@ -245,7 +268,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, nargs="+", help="DATASET:CATEGORY ...")
     p.add_argument("--out", default="runs/evaluate")
     p.add_argument("--no-fps", action="store_true")
-    _common(p)
+    _common(p, profile=False)
     p.set_defaults(func=run_evaluate)
 
 
@@ -253,9 +276,11 @@ def run_evaluate(args) -> int:
     from dap.experiments import evaluate_many
     from dap.report import results_markdown
 
-    method = _load(args)
-    if args.device:
-        method.to(args.device)
+    from dap.engine.train import prepare_out_dir, resolve_device
+
+    device = resolve_device(args.device)
+    prepare_out_dir(args.out)
+    method = _load(args).to(device)
     rows = evaluate_many(method, args.data, args.out, batch_size=args.batch_size or 16,
                          fps=not args.no_fps, data_root_override=args.data_root)
     print(results_markdown(rows))
@@ -269,13 +294,15 @@ def add_demo(sub) -> None:
                                    "benchmark and write runs/demo/report.md.")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--retrain", action="store_true", help="train the models from scratch first")
-    _common(p)
+    _common(p, data=False)
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args) -> int:
+    from dap.engine.train import prepare_out_dir
     from dap.experiments import demo
 
+    prepare_out_dir(args.out)
     path = demo(args.out, retrain=args.retrain, profile=args.profile,
                 batch_size=args.batch_size or 16)
     print(path.read_text())
@@ -294,17 +321,20 @@ def add_ablation(sub) -> None:
                    help="shipped models (default: every diffusionad model in the zoo)")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--data", nargs="*", default=None, help="default: each model's own category")
-    p.add_argument("--modes", nargs="*", default=list(ABLATION_MODES))
+    p.add_argument("--modes", nargs="*", default=list(ABLATION_MODES), choices=ABLATION_MODES,
+                   metavar="MODE", help=f"reconstructions to compare: {', '.join(ABLATION_MODES)}")
     p.add_argument("--out", default="runs/ablation")
-    _common(p)
+    _common(p, profile=False, data=False)
     p.set_defaults(func=run_ablation)
 
 
 def run_ablation(args) -> int:
     from dap import zoo
     from dap.engine.checkpoint import load_method
+    from dap.engine.train import prepare_out_dir
     from dap.experiments import ablation_over_models
 
+    prepare_out_dir(args.out)
     if args.checkpoint:
         if not args.data:
             raise ValueError("--checkpoint needs --data DATASET:CATEGORY")
@@ -334,14 +364,16 @@ def add_benchmark(sub) -> None:
     p.add_argument("--train-set", nargs="*", metavar="KEY=VALUE",
                    help="TrainConfig overrides for every model trained here (e.g. steps=800); "
                         "giving any trains every model here")
-    _common(p)
+    _common(p, data=False)
     p.set_defaults(func=run_benchmark)
 
 
 def run_benchmark(args) -> int:
+    from dap.engine.train import prepare_out_dir
     from dap.experiments import benchmark
     from dap.methods import REGISTRY
 
+    prepare_out_dir(args.out)
     benchmark(args.methods or sorted(REGISTRY), args.data, args.out, profile=args.profile,
               batch_size=args.batch_size or 16, use_zoo=not args.no_zoo,
               train_overrides=parse_assignments(args.train_set), only=args.variants)
@@ -370,12 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; errors from bad input print one clear line."""
     from dap.config import ConfigError
+    from dap.engine.train import TrainingDiverged
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, OSError, ValueError) as exc:
+    except (ConfigError, OSError, ValueError, TrainingDiverged) as exc:
         print(f"dap {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

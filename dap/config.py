@@ -120,6 +120,16 @@ def from_dict(cls: type[C], values: Mapping[str, Any], where: str | None = None)
     return cls(**kwargs)
 
 
+def check_fields(cfg: Any) -> None:
+    """Check every field of dataclass instance ``cfg`` against its annotation (types and
+    ``Literal`` values), as :func:`from_dict` does; for configs built directly. Lists become
+    tuples where a tuple is annotated."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = _check_type(getattr(cfg, f.name), hints[f.name], f"{type(cfg).__name__}.{f.name}")
+        object.__setattr__(cfg, f.name, value)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, JSON-serialisable dict of a config dataclass (tuples become lists)."""
 
@@ -133,11 +143,27 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def merge(values: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` updated with ``changes``, where a mapping given for a field that holds a
+    dataclass config changes only the keys it names (``denoiser={"dropout": 0.1}`` keeps the
+    rest of the preset's denoiser), validated like :func:`from_dict`."""
+    out = dict(values)
+    for key, change in changes.items():
+        current = out.get(key)
+        if dataclasses.is_dataclass(current) and not isinstance(current, type) \
+                and isinstance(change, Mapping):
+            change = replace(current, **change)
+        out[key] = change
+    return out
+
+
 def replace(cfg: C, **changes: Any) -> C:
-    """Return a copy of ``cfg`` with ``changes``, validated like :func:`from_dict`."""
-    merged = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
-    merged.update(changes)
-    return from_dict(type(cfg), merged)
+    """Return a copy of ``cfg`` with ``changes``, validated like :func:`from_dict`.
+
+    A mapping for a nested config changes only the keys it names (see :func:`merge`).
+    """
+    current = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
+    return from_dict(type(cfg), merge(current, changes))
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,6 +226,8 @@ __all__ = [
     "from_dict",
     "to_dict",
     "replace",
+    "merge",
+    "check_fields",
     "DiffusionConfig",
     "OFFICIAL_KEY_MAP",
 ]

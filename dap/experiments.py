@@ -23,12 +23,13 @@ from typing import Any, Sequence
 
 import torch
 
-from dap.config import ConfigError
+from dap.config import ConfigError, from_dict
 from dap.data.spec import datasets, is_texture, parse_data, stack
 from dap.engine.checkpoint import load_checkpoint
 from dap.engine.evaluate import EvalResult, evaluate, measure_fps
 from dap.engine.select import synthetic_validation_set, validate_on
-from dap.engine.train import TrainConfig, TrainData, TrainResult, default_device, seed_everything, train
+from dap.engine.train import (TrainConfig, TrainData, TrainResult, prepare_out_dir, resolve_device,
+                              seed_everything, train)
 from dap.io import atomic_write_text
 from dap.methods import REGISTRY, AnomalyMethod, build_method, method_config
 from dap.profiles import profile as profile_of
@@ -55,18 +56,20 @@ def train_run(method_name: str, data: str, profile: str | None = None, out_dir: 
     """
     prof = profile_of(profile)
     preset = preset or prof.preset
+    # every argument is checked before any work: the training settings (strictly), the device
+    tcfg = from_dict(TrainConfig, {**prof.train_defaults(), **(train_overrides or {})})
+    dev = resolve_device(device)
     method = build_method(method_name, preset, **(overrides or {}))
     size = method.image_size
     spec = parse_data(data, size, data_root_override)
+    out = Path(out_dir) if out_dir else Path("runs") / "train" / f"{method_name}-{spec.slug}-{preset}"
+    prepare_out_dir(out)
     train_ds, val_ds, _ = datasets(spec, size)
-    tcfg = TrainConfig(**{**prof.train_defaults(), **(train_overrides or {})})
     seed_everything(tcfg.seed)
-    dev = torch.device(device) if device else default_device()
     tdata = TrainData.from_dataset(train_ds, is_texture=is_texture(train_ds))
     val_fg = stack(val_ds, "foreground") if not is_texture(val_ds) else None
     vset = synthetic_validation_set(method.synthesizer, stack(val_ds, "image"), val_fg,
                                     is_texture=is_texture(val_ds))
-    out = Path(out_dir) if out_dir else Path("runs") / "train" / f"{method_name}-{spec.slug}-{preset}"
     extra = {"data": str(spec), "profile": prof.name, "preset": preset,
              "train_images": len(train_ds), "val_images": len(val_ds),
              "val_synthetic": len(vset), "val_anomalous": int(vset.label.sum())}

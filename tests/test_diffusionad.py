@@ -118,7 +118,7 @@ def test_zoo_export_and_load(tmp_path, monkeypatch):
     x = _images(2)
     torch.testing.assert_close(loaded.predict(x).anomaly_map, m.predict(x).anomaly_map,
                                atol=2e-2, rtol=0)  # float16 storage
-    with pytest.raises(KeyError, match="available"):
+    with pytest.raises(ConfigError, match="available"):
         zoo.load("nope")
 
 

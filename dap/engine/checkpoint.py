@@ -47,6 +47,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not a readable dap checkpoint ({exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a dap checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    missing = [k for k in ("method", "method_config", "model") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is a damaged dap checkpoint: it lacks {missing}")
     return ckpt
 
 
@@ -64,7 +67,13 @@ def method_from_checkpoint(ckpt: dict[str, Any]) -> AnomalyMethod:
     (float16 zoo weights come back as float32)."""
     method = method_class(ckpt["method"]).from_config_dict(ckpt["method_config"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    method.load_state_dict(state)
+    try:
+        method.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"the checkpoint's weights do not fit its own {ckpt['method']} config "
+                         f"({first[1].strip() if len(first) > 1 else first[0]}); the file is "
+                         "damaged or was edited") from exc
     return method
 
 

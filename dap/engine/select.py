@@ -16,6 +16,10 @@ from torch import Tensor
 from dap.methods.base import AnomalyMethod, ValidationSet
 from dap.metrics import MetricAccumulator
 
+#: the validation metrics a run can select its checkpoint on (``TrainConfig.select_metric``)
+SELECT_METRICS: tuple[str, ...] = ("val_mean", "val_image_auroc", "val_pixel_auroc", "val_aupro",
+                                   "val_pixel_ap", "val_f1_max")
+
 
 @torch.no_grad()
 def synthetic_validation_set(synthesizer, images: Tensor, foreground: Tensor | None = None,
@@ -52,4 +56,4 @@ def validate_on(method: AnomalyMethod, val: ValidationSet, batch_size: int = 16
     return out
 
 
-__all__ = ["synthetic_validation_set", "validate_on"]
+__all__ = ["SELECT_METRICS", "synthetic_validation_set", "validate_on"]

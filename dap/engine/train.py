@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dap.config import ConfigError, to_dict
+from dap.config import ConfigError, check_fields, to_dict
 from dap.engine.checkpoint import (CHECKPOINT_FORMAT, check_same_config, dap_version, git_commit,
                                    load_checkpoint, save_checkpoint)
 from dap.io import atomic_write_text
+from dap.engine.select import SELECT_METRICS
 from dap.methods.base import AnomalyMethod, TrainBatch
 
 
@@ -65,8 +66,27 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("TrainConfig.steps and batch_size must be >= 1")
+        check_fields(self)  # types and literals, even when built directly (not by from_dict)
+        need = [("steps", self.steps >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("lr", self.lr > 0, "> 0"),
+                ("lr_segmenter", self.lr_segmenter is None or self.lr_segmenter > 0,
+                 "> 0 or None"),
+                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
+                ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                ("seed", self.seed >= 0, ">= 0"),
+                ("val_every", self.val_every >= 0, ">= 0 (0: validate only at the end)"),
+                ("log_every", self.log_every >= 1, ">= 1")]
+        for name, ok, rule in need:
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+        if self.select_metric != "last" and self.select_metric not in SELECT_METRICS:
+            raise ConfigError(f"TrainConfig.select_metric {self.select_metric!r} is not a "
+                              f"validation metric; use one of {list(SELECT_METRICS)} or 'last'")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where the last good state is."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +190,48 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``name`` as a device that exists here (None: CUDA if available, else the CPU).
+
+    A clear :class:`ConfigError` for a malformed name or a CUDA device this machine lacks.
+    """
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") \
+            from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; "
+                              "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s)")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"--device {name}: dap runs on cpu or cuda")
+    return device
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create the run folder ``path`` and check that it can be written, before any work.
+
+    A :class:`ConfigError` names the problem: a file in the way, or no permission.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / ".dap-write-test", "ok")
+        (out / ".dap-write-test").unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out} cannot be written ({exc.strerror or exc}); choose "
+                          "another folder") from exc
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
@@ -246,7 +308,8 @@ def train(
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None)
 
-    out = Path(out_dir) if out_dir is not None else None
+    out = prepare_out_dir(out_dir) if out_dir is not None and rank == 0 else \
+        (Path(out_dir) if out_dir is not None else None)
     history: list[dict[str, float]] = []
     validations: list[dict[str, float]] = []
     best: dict[str, float] | None = None
@@ -258,6 +321,10 @@ def train(
         if ckpt["train_config"] != to_dict(cfg):
             raise ConfigError(f"{out / 'last.pt'} was made with another TrainConfig; use a new "
                               "output directory or the same settings to resume")
+        before, now = (ckpt.get("extra") or {}).get("data"), (extra or {}).get("data")
+        if before is not None and now is not None and before != now:
+            raise ConfigError(f"{out / 'last.pt'} is a run on {before}, not on {now}; resume it "
+                              f"with --data {before} or give a new --out")
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -308,13 +375,21 @@ def train(
         if cfg.channels_last and device.type == "cuda":
             batch.images = batch.images.contiguous(memory_format=torch.channels_last)
         gen = step_generator(cfg.seed, step, rank, device)
+        rng_before = torch.get_rng_state()
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
         with ctx:
             losses = model(batch, gen)
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning "
-                                     "rate, enable grad_clip, or try amp='off'")
+            saved = ""
+            if out is not None and rank == 0:
+                # the weights are still those after `step` good steps: keep them
+                torch.set_rng_state(rng_before)
+                save_checkpoint(out / "last.pt", payload(step, None))
+                saved = f"; the last good state (after {step} steps) is in {out / 'last.pt'}"
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at step {step}{saved}. Train again in a new --out with "
+                "a lower learning rate, grad_clip, or amp='off'")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip is not None:
@@ -347,6 +422,7 @@ def train(
 
 
 __all__ = [
-    "TrainConfig", "TrainData", "TrainResult", "train", "seed_everything", "step_generator",
-    "resolve_amp", "default_device", "to_uint8",
+    "TrainConfig", "TrainData", "TrainResult", "TrainingDiverged", "train", "seed_everything",
+    "step_generator", "resolve_amp", "default_device", "resolve_device", "prepare_out_dir",
+    "to_uint8",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dap.config import ConfigError, DiffusionConfig, from_dict
+from dap.config import ConfigError, DiffusionConfig, from_dict, merge
 from dap.methods.base import check_preset
 from dap.methods.diffad.ops import score_pool_size
 from dap.models.autoencoder import AutoencoderConfig, autoencoder_config
@@ -209,9 +209,7 @@ def diffad_config(preset: str = "paper", **overrides: Any) -> DiffADConfig:
         ddim_steps=ddim, train_ddim_steps=train_ddim, prediction_type=_PREDICTION[preset],
         score_pool=score_pool_size(_AE[preset].image_size),
     )
-    values.update(overrides)
-    return from_dict(DiffADConfig, values)
-
+    return from_dict(DiffADConfig, merge(values, overrides))
 
 
 __all__ = ["DiffADConfig", "diffad_config", "latent_denoiser_config", "DENOISER",
