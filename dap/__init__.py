@@ -10,7 +10,8 @@ this)::
      |
     experiments  zoo         train / evaluate / demo / ablation / benchmark runs; shipped models
      |            |
-    engine  report           checkpoint, train, select, evaluate; tables and figures
+    engine  report           checkpoint, train, select, evaluate; tables and figures;
+    copy_metrics             DiffAD's copy PSNR
      |
     methods                  base (the contract) + one package per method:
      |                       diffusionad, ddad, glad, diffad (config, ops, model)

@@ -116,3 +116,15 @@ def test_the_checker_sees_a_violation(tmp_path, monkeypatch):
     found = list(_imports(fake / "bad.py"))
     assert found == [("methods", "dap.methods", ["build_method"])]
     assert "methods" in FORBIDDEN["data"]
+
+
+def test_readme_package_map_names_every_part():
+    """The README's package map (the block under '## The package') matches the tree."""
+    readme = (DAP.parent / "README.md").read_text()
+    block = readme.split("## The package", 1)[1].split("```", 2)[1]
+    parts = {part for _, part in _modules()} - {"__init__", "__main__", "_metrics_core"}
+    missing = sorted(p for p in parts if p not in block and p != "analysis")
+    assert not missing, f"README's package map lacks {missing}"
+    for method in (DAP / "methods").iterdir():
+        if method.is_dir() and (method / "__init__.py").exists():
+            assert f"{method.name}/" in block, f"README's package map lacks methods/{method.name}/"
