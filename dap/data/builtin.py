@@ -36,7 +36,8 @@ Layout written by :func:`write_builtin` (MVTec AD layout, plus three extras)::
 Everything is a pure function of ``(category, size, seed, GENERATOR_VERSION)``: the same
 arguments give byte-identical files. A category whose stamp matches is not rebuilt (the second
 call costs a file read). A category is built in a hidden temporary folder next to its target
-and renamed into place when complete, so a reader never sees half a benchmark.
+(``.<category>.tmp-<pid>-<token>``) and renamed into place when complete, so a reader never sees
+half a benchmark; a later run removes such folders of killed builds (:mod:`dap.io`).
 
 Taught in ``notebooks/03_noise_scales`` (the clean images) and ``notebooks/06_train_and_evaluate``.
 """
@@ -48,7 +49,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -57,10 +57,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from dap.progress import progress_bar
 from dap.data.defects import DEFECT_FAMILIES, draw_defect
 from dap.data.imageio import write_png
 from dap.data.registry import BUILTIN_CATEGORIES
+from dap.io import clean_stale, make_temp_dir, tag_pid
+from dap.progress import progress_bar
 
 # Bump when any generator changes its output: cached benchmarks are then rebuilt.
 GENERATOR_VERSION = "2"
@@ -244,11 +245,18 @@ def _generate(out: Path, category: str, size: int, seed: int, spec: BuiltinSpec)
 
 
 def _clean_stale(root: Path, category: str, max_age_s: float = 3600.0) -> None:
-    """Remove temporary folders an interrupted (killed) build left behind, after an hour."""
+    """Remove temporary folders an interrupted (killed) build left behind.
+
+    PID-tagged ones (``.<category>.tmp-<pid>-<token>``, :mod:`dap.io`) as soon as their
+    process is dead, never those of a live process; untagged ones of older dap versions
+    (``tempfile.mkdtemp`` names) after an hour.
+    """
+    for kind in ("tmp", "old"):
+        clean_stale(root, f".{category}.{kind}-*")
     now = time.time()
     for p in root.glob(f".{category}.*-*"):
         try:
-            if p.is_dir() and now - p.stat().st_mtime > max_age_s:
+            if tag_pid(p.name) is None and p.is_dir() and now - p.stat().st_mtime > max_age_s:
                 shutil.rmtree(p, ignore_errors=True)
         except OSError:
             pass
@@ -263,14 +271,14 @@ def _build_category(root: Path, category: str, size: int, seed: int, force: bool
         raise ValueError(f"{dest} exists but was not written by 'dap data builtin' (no {STAMP}); "
                          "remove it or choose another --root")
     _clean_stale(root, category)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{category}.tmp-", dir=root))
+    tmp = make_temp_dir(root, category, "tmp")
     try:
         _generate(tmp, category, size, seed, spec)
         if is_built(root, category, size, seed):  # a concurrent build finished first
             shutil.rmtree(tmp, ignore_errors=True)
             return "cached"
         if dest.exists():  # a build with other parameters: swap it out, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{category}.old-", dir=root))
+            old = make_temp_dir(root, category, "old")
             os.rename(dest, old / category)
             os.rename(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)

@@ -13,21 +13,26 @@ DAGM 2007
     ``ClassN/test/defect`` with the ellipse as mask. Defective *training* images are left out
     (unsupervised training sees normal images only); their number is reported.
 
-Both write into a temporary folder next to ``dst`` and rename it when complete.
+Both write into a hidden temporary folder ``.<dst>.convert-<pid>-<token>`` next to ``dst`` and
+rename it when complete (:func:`dap.io.atomic_path`); such folders of killed runs are removed
+first. The names in VisA's CSV come from an archive: object names must be one safe file name
+and image / mask paths relative, without ``..`` (:class:`dap.data.fetch.UnsafeNameError`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
 import shutil
-import tempfile
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Literal
 
-from dap.progress import progress_bar
+from dap.data.fetch import UnsafeNameError, check_name
 from dap.data.imageio import is_image_file, read_mask, write_png
+from dap.io import atomic_path, clean_stale
+from dap.progress import progress_bar
 
 Mode = Literal["copy", "move", "link"]
 
@@ -53,24 +58,28 @@ def _binarise(src: Path, dst: Path) -> None:
     write_png(dst, read_mask(src))
 
 
-def _atomic_output(dst: Path):
-    """A context that yields a temp folder and renames it to ``dst`` on success."""
-    class _Ctx:
-        def __enter__(self) -> Path:
-            if dst.exists():
-                raise FileExistsError(f"conversion target {dst} already exists")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.convert-", dir=dst.parent))
-            return self.tmp
+@contextlib.contextmanager
+def _atomic_output(dst: Path) -> Iterator[Path]:
+    """Yield a new PID-tagged temp folder next to ``dst``; rename it to ``dst`` on success."""
+    if dst.exists():
+        raise FileExistsError(f"conversion target {dst} already exists")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(dst.parent, f".{dst.name}.convert-*")
+    with atomic_path(dst, kind="convert") as tmp:
+        tmp.mkdir()
+        yield tmp
 
-        def __exit__(self, exc_type, exc, tb) -> bool:
-            if exc_type is None:
-                os.rename(self.tmp, dst)
-            else:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
 
-    return _Ctx()
+def _csv_path(base: Path, value: str, csv_path: Path, column: str) -> Path:
+    """``base / value`` for a relative path from the CSV that cannot leave ``base``."""
+    raw = value.replace("\\", "/")
+    parts = PurePosixPath(raw).parts
+    if (not raw or "\x00" in raw or raw.startswith("/") or re.match(r"^[A-Za-z]:", raw)
+            or ".." in parts):
+        raise UnsafeNameError(f"{csv_path}: the {column} path {value!r} is absolute or contains "
+                              "'..'; refused before anything was written (the archive is "
+                              "damaged or not VisA)")
+    return base.joinpath(*parts)
 
 
 def find_visa_csv(src: str | os.PathLike) -> Path:
@@ -99,30 +108,42 @@ def convert_visa(src: str | os.PathLike, dst: str | os.PathLike, mode: Mode = "c
     need = {"object", "split", "label", "image", "mask"}
     if not rows or not need <= set(rows[0]):
         raise ValueError(f"{csv_path}: expected the columns {sorted(need)}")
+    # every row is checked before anything is moved or written
+    plan: list[tuple[str, str, Path, Path | None]] = []
+    for row in rows:
+        obj, split, label = row["object"].strip(), row["split"].strip(), row["label"].strip()
+        check_name(obj, f"{csv_path}: the object name")
+        image = _csv_path(base, row["image"].strip(), csv_path, "image")
+        if not image.is_file():
+            raise FileNotFoundError(f"{csv_path} lists {image}, which does not exist")
+        mask = None
+        if split == "test" and label == "anomaly":
+            mask = (_csv_path(base, row["mask"].strip(), csv_path, "mask")
+                    if row["mask"].strip() else None)
+            if mask is None or not mask.is_file():
+                raise FileNotFoundError(f"{csv_path}: anomalous image {image} has no mask "
+                                        f"file ({mask})")
+            kind = "bad"
+        elif split in ("train", "test") and label == "normal":
+            kind = split
+        else:
+            raise ValueError(f"{csv_path}: unexpected split/label {split!r}/{label!r} for "
+                             f"{image}")
+        plan.append((obj, kind, image, mask))
     with _atomic_output(dst) as out:
-        for row in progress_bar(rows, progress, desc="VisA -> MVTec layout", unit="image"):
-            obj, split, label = row["object"].strip(), row["split"].strip(), row["label"].strip()
-            image = base / row["image"].strip()
-            if not image.is_file():
-                raise FileNotFoundError(f"{csv_path} lists {image}, which does not exist")
+        for obj, kind, image, mask in progress_bar(plan, progress, desc="VisA -> MVTec layout",
+                                                   unit="image"):
             c = counts.setdefault(obj, {"train": 0, "test_good": 0, "test_defect": 0})
-            if split == "train" and label == "normal":
+            if kind == "train":
                 _transfer(image, out / obj / "train" / "good" / image.name, mode)
                 c["train"] += 1
-            elif split == "test" and label == "normal":
+            elif kind == "test":
                 _transfer(image, out / obj / "test" / "good" / image.name, mode)
                 c["test_good"] += 1
-            elif split == "test" and label == "anomaly":
-                mask = base / row["mask"].strip() if row["mask"].strip() else None
-                if mask is None or not mask.is_file():
-                    raise FileNotFoundError(f"{csv_path}: anomalous image {image} has no mask "
-                                            f"file ({mask})")
+            else:
                 _transfer(image, out / obj / "test" / "bad" / image.name, mode)
                 _binarise(mask, out / obj / "ground_truth" / "bad" / f"{image.stem}_mask.png")
                 c["test_defect"] += 1
-            else:
-                raise ValueError(f"{csv_path}: unexpected split/label {split!r}/{label!r} for "
-                                 f"{image}")
     return counts
 
 

@@ -47,8 +47,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dap.data.foreground import FOREGROUND_MODES, cached_foreground
-from dap.data.imageio import (MaskResize, list_images, read_image, read_mask, resize_image,
-                              resize_mask)
+from dap.data.imageio import (DataError, MaskResize, list_images, read_image, read_mask,
+                              resize_image, resize_mask)
 from dap.data.registry import BUILTIN, DATASETS, DatasetInfo, find_dataset, known_categories_text
 
 Split = Literal["train", "val", "test"]
@@ -99,6 +99,17 @@ def _find_mask(cat_dir: Path, defect: str, image: Path) -> Path | None:
     return None
 
 
+def _same_size(path: Path, array: np.ndarray, image_path: Path, image: np.ndarray,
+               what: str) -> None:
+    """Refuse a mask / clean image whose size differs from its image (no silent stretching)."""
+    (h, w), (ih, iw) = array.shape[:2], image.shape[:2]
+    if (h, w) != (ih, iw):
+        raise DataError(f"{what} {path} is {w} x {h} px but its image {image_path} is {iw} x "
+                        f"{ih} px; dap does not stretch a {what} to fit. Make both the same size "
+                        f"(e.g. restore the {what} from the original dataset archive), or remove "
+                        "the pair")
+
+
 def carve_validation(n: int, fraction: float, seed: int) -> np.ndarray:
     """Indices (sorted) of the ``round(fraction * n)`` (at least 1) validation images among
     ``n`` sorted training files, drawn with ``numpy.random.default_rng(seed)``."""
@@ -135,6 +146,10 @@ class AnomalyDataset(Dataset):
         data), an empty image folder, a defective image without its mask.
     ValueError
         Unknown category (the message lists the known ones), split, dataset or option.
+
+    Reading an item raises :class:`~dap.data.imageio.ImageReadError` for an unreadable,
+    truncated or oversized file and :class:`~dap.data.imageio.DataError` for a mask or clean
+    image whose size differs from its image (both ``ValueError``; the message names the file).
     """
 
     def __init__(self, root: str | os.PathLike, category: str, split: Split = "train",
@@ -275,11 +290,15 @@ class AnomalyDataset(Dataset):
         raw = read_image(s.path)
         image = resize_image(raw, self.image_size)
         if s.mask_path is not None:
-            mask = resize_mask(read_mask(s.mask_path), self.image_size, self.mask_resize)
+            mask = read_mask(s.mask_path)
+            _same_size(s.mask_path, mask, s.path, raw, "mask")
+            mask = resize_mask(mask, self.image_size, self.mask_resize)
         else:
             mask = np.zeros(self.image_size, dtype=bool)
         if s.clean_path is not None:
-            clean = _to_tensor(resize_image(read_image(s.clean_path), self.image_size))
+            clean_raw = read_image(s.clean_path)
+            _same_size(s.clean_path, clean_raw, s.path, raw, "clean image")
+            clean = _to_tensor(resize_image(clean_raw, self.image_size))
         else:
             clean = None
         image_t = _to_tensor(image)
@@ -287,7 +306,8 @@ class AnomalyDataset(Dataset):
             fg = np.ones(self.image_size, dtype=bool)
         else:
             fg = cached_foreground(self.category_dir, s.path, self.foreground_mode,
-                                   load=lambda: raw, write=self.cache_foreground)
+                                   load=lambda: raw, write=self.cache_foreground,
+                                   shape=raw.shape[:2])
             fg = resize_mask(fg, self.image_size, "nearest")
         return DatasetItem(image=image_t, mask=_mask_tensor(mask), label=s.label,
                            defect=s.defect, path=str(s.path),

@@ -18,12 +18,15 @@ processing anyone can inspect:
 
 Modes: ``"full"`` (textures: every pixel), ``"auto"``, ``"bright"``, ``"dark"``. Masks of
 object categories are cached as PNG files next to the data
-(``<root>/<category>/.dap_foreground/<mode>/<split>/<...>/<name>.png``) and recomputed when the
-image is newer than its cached mask.
+(``<root>/<category>/.dap_foreground/<mode>/<split>/<...>/<name>.png``; a non-PNG image keeps
+its extension, ``<name>.jpg.png``) and recomputed when the image is newer than its cached mask
+or the sizes differ. The cache key is the image's path below the category folder as written,
+not resolved, so image files and folders may be symbolic links to elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -32,9 +35,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from dap.io import clean_stale
+
 FOREGROUND_MODES: tuple[str, ...] = ("full", "auto", "bright", "dark")
 CACHE_DIR = ".dap_foreground"
 MIN_FRACTION = 0.005
+_CLEANED: set[Path] = set()  # cache folders already rid of dead writers' temp files
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -95,18 +101,36 @@ def foreground_mask(image: np.ndarray, mode: str = "auto", work_size: int = 256)
 
 def cache_path(category_dir: str | os.PathLike, image_path: str | os.PathLike, mode: str
                ) -> Path:
-    """Where the cached mask of ``image_path`` (inside ``category_dir``) lives."""
+    """Where the cached mask of ``image_path`` (inside ``category_dir``) lives.
+
+    The key is ``image_path`` relative to ``category_dir`` without resolving symbolic links,
+    so a linked image file or folder (``train/good -> /data/elsewhere``) is cached under its
+    place in the category. An image outside the category folder altogether is cached under
+    ``_external/<stem>-<hash of its resolved path>``.
+    """
     category_dir = Path(category_dir)
-    rel = Path(image_path).resolve().relative_to(category_dir.resolve())
-    return category_dir / CACHE_DIR / mode / rel.with_suffix(".png")
+    try:
+        rel = Path(os.path.relpath(os.path.abspath(image_path), os.path.abspath(category_dir)))
+    except ValueError:  # another drive (Windows)
+        rel = None
+    if rel is None or rel.is_absolute() or (rel.parts and rel.parts[0] == ".."):
+        resolved = str(Path(image_path).resolve())
+        digest = hashlib.sha1(resolved.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        rel = Path("_external") / f"{Path(image_path).stem}-{digest}.png"
+    elif rel.suffix.lower() != ".png":  # 000.jpg and 000.png must not share a cache file
+        rel = rel.with_name(rel.name + ".png")
+    return category_dir / CACHE_DIR / mode / rel
 
 
 def cached_foreground(category_dir: str | os.PathLike, image_path: str | os.PathLike, mode: str,
-                      load: Callable[[], np.ndarray], write: bool = True) -> np.ndarray:
+                      load: Callable[[], np.ndarray], write: bool = True,
+                      shape: tuple[int, int] | None = None) -> np.ndarray:
     """The foreground of one image file, from the disk cache when it is fresh.
 
-    ``load`` returns the image (called only on a cache miss). A read-only dataset folder is
-    fine: the mask is then computed and not stored.
+    ``load`` returns the image (called only on a cache miss). A cached mask is used when it
+    is at least as new as the image and, if ``shape`` (the image's ``(H, W)``) is given, of
+    that size; otherwise it is recomputed. A read-only dataset folder is fine: the mask is
+    then computed and not stored.
     """
     from dap.data.imageio import read_mask, write_png
 
@@ -116,12 +140,17 @@ def cached_foreground(category_dir: str | os.PathLike, image_path: str | os.Path
     path = cache_path(category_dir, image_path, mode)
     try:
         if path.stat().st_mtime >= Path(image_path).stat().st_mtime:
-            return read_mask(path)
+            cached = read_mask(path)
+            if shape is None or cached.shape == tuple(shape):
+                return cached
     except (OSError, ValueError):
         pass
     fg = foreground_mask(load(), mode)
     if write:
         try:
+            if path.parent not in _CLEANED:  # temp files of killed writers, once per folder
+                clean_stale(path.parent, ".*.tmp-*")
+                _CLEANED.add(path.parent)
             write_png(path, fg)  # atomic: temp file + rename
         except OSError:
             pass
