@@ -409,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, OSError, ValueError, TrainingDiverged) as exc:
-        print(f"dap {args.command}: error: {exc}", file=sys.stderr)
+        what = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"dap {what}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
