@@ -59,13 +59,15 @@ def train_run(method_name: str, data: str, profile: str | None = None, out_dir: 
     # every argument is checked before any work: the training settings (strictly), the device
     tcfg = from_dict(TrainConfig, {**prof.train_defaults(), **(train_overrides or {})})
     dev = resolve_device(device)
+    # seeded before the model is built: its initial weights come from the seed too, so the same
+    # command and seed give the same losses from step 0 (tests/test_reliability_run.py)
+    seed_everything(tcfg.seed)
     method = build_method(method_name, preset, **(overrides or {}))
     size = method.image_size
     spec = parse_data(data, size, data_root_override)
     out = Path(out_dir) if out_dir else Path("runs") / "train" / f"{method_name}-{spec.slug}-{preset}"
     prepare_out_dir(out)
     train_ds, val_ds, _ = datasets(spec, size)
-    seed_everything(tcfg.seed)
     tdata = TrainData.from_dataset(train_ds, is_texture=is_texture(train_ds))
     val_fg = stack(val_ds, "foreground") if not is_texture(val_ds) else None
     vset = synthetic_validation_set(method.synthesizer, stack(val_ds, "image"), val_fg,
