@@ -203,3 +203,36 @@ def test_export_names_not_paths_and_no_silent_overwrite(tmp_path, capsys, monkey
         zoo.export(m, "mine", {"data": "builtin:brick"}, tmp_path / "zoo")
     zoo.export(m, "mine", {"data": "builtin:grass"}, tmp_path / "zoo", force=True)
     assert zoo.info("mine")["data"] == "builtin:grass"
+
+
+# -- 10. a run killed while it writes a checkpoint leaves nothing behind for long -----------------
+CHILD = r"""
+import sys, time, torch
+from dap.engine.checkpoint import save_checkpoint
+import dap.engine.checkpoint as C
+
+real_save = torch.save
+def slow_save(obj, f):               # write the temp file, then hang before the rename
+    real_save(obj, f)
+    print("written", flush=True)
+    time.sleep(60)
+C.torch.save = slow_save
+save_checkpoint(sys.argv[1], {"format": "x", "big": torch.zeros(1000)})
+"""
+
+
+def test_sigkilled_checkpoint_write_is_cleaned_by_the_next_run(tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    run.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(run / "last.pt")],
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert child.stdout.readline().strip() == "written"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    leftovers = list(run.glob(".last.pt.tmp-*"))
+    assert len(leftovers) == 1 and not (run / "last.pt").exists()
+    cfg = TrainConfig(steps=2, batch_size=2, val_every=0, select_metric="last")
+    train(Tiny(), _data(), cfg, run, progress=False)
+    assert not list(run.glob(".last.pt.tmp-*")) and (run / "last.pt").exists()

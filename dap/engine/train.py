@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from dap.config import ConfigError, check_fields, to_dict
 from dap.engine.checkpoint import (CHECKPOINT_FORMAT, check_same_config, dap_version, git_commit,
                                    load_checkpoint, save_checkpoint)
-from dap.io import atomic_write_text
+from dap.io import atomic_write_text, clean_stale
 from dap.engine.select import SELECT_METRICS
 from dap.methods.base import AnomalyMethod, TrainBatch
 
@@ -217,7 +217,8 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 def prepare_out_dir(path: str | Path) -> Path:
     """Create the run folder ``path`` and check that it can be written, before any work.
 
-    A :class:`ConfigError` names the problem: a file in the way, or no permission.
+    A :class:`ConfigError` names the problem: a file in the way, or no permission. Temporary
+    files that a killed run left behind (PID-tagged, their process dead) are removed.
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -229,6 +230,8 @@ def prepare_out_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise ConfigError(f"--out {out} cannot be written ({exc.strerror or exc}); choose "
                           "another folder") from exc
+    # half-written checkpoints of a killed run (``.last.pt.tmp-<dead pid>-...``) go
+    clean_stale(out)
     return out
 
 
