@@ -41,3 +41,27 @@ def test_readme_tables_are_rendered_from_results():
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert result_blocks((REPO / "README.md").read_text())   # the README has results blocks
+
+
+def test_every_test_the_readme_guarantees_cite_exists():
+    """README's "What dap guarantees" names tests; each must exist (renaming one breaks this)."""
+    import re
+
+    section = (REPO / "README.md").read_text().split("## What dap guarantees", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    cited = 0
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith("| guarantee"):
+            continue
+        current = None
+        for ref in re.findall(r"`([\w./]*(?:::\w+)?)`", line.split("|")[2]):
+            file, _, name = ref.partition("::")
+            if file:
+                current = REPO / "tests" / file
+                assert current.exists(), f"README cites a missing test file {file}"
+            if name:
+                assert current is not None
+                assert re.search(rf"^def {name}\(", current.read_text(), re.M), \
+                    f"README cites {current.name}::{name}, which does not exist"
+                cited += 1
+    assert cited >= 15
