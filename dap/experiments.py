@@ -48,8 +48,10 @@ def train_run(method_name: str, data: str, profile: str | None = None, out_dir: 
               stop_after: int | None = None) -> tuple[AnomalyMethod, TrainResult, dict[str, Any]]:
     """Train ``method_name`` on ``data`` with the profile's defaults; load the selected weights.
 
-    Then the method's :meth:`~dap.methods.base.AnomalyMethod.after_training` runs on the
-    selected weights with the *training* images and the *validation* set (DDAD adapts and
+    Every validation scores the model as the test will: calibrated first
+    (:meth:`~dap.methods.base.AnomalyMethod.calibrate`, on training / validation data), then
+    ``predict``. Then the method's :meth:`~dap.methods.base.AnomalyMethod.after_training` runs
+    on the selected weights with the *training* images and the *validation* set (DDAD adapts and
     calibrates on the former, GLAD calibrates on the latter); the test split is never passed.
     Returns the method (validation-selected weights, or the last ones with
     ``select_metric='last'``), the :class:`TrainResult` and a provenance dict.
@@ -75,7 +77,13 @@ def train_run(method_name: str, data: str, profile: str | None = None, out_dir: 
     extra = {"data": str(spec), "profile": prof.name, "preset": preset,
              "train_images": len(train_ds), "val_images": len(val_ds),
              "val_synthetic": len(vset), "val_anomalous": int(vset.label.sum())}
-    result = train(method, tdata, tcfg, out, validate=lambda m: validate_on(m, vset),
+
+    def score(m: AnomalyMethod) -> dict[str, float]:
+        # the rule the test uses: calibrated (training / validation data only), then predict
+        m.calibrate(tdata.images, vset)
+        return validate_on(m, vset)
+
+    result = train(method, tdata, tcfg, out, validate=score,
                    resume=resume, device=dev, extra=extra, progress=progress, stop_after=stop_after)
     if result.best_path is not None and tcfg.select_metric != "last":
         method.load_state_dict(load_checkpoint(result.best_path, dev)["model"])

@@ -270,7 +270,7 @@ show_images(tiles.cpu(), ["input", "reconstruction", "pixel p", "feature f", "ma
 # %% [markdown]
 # **The batch flaw.** The official code takes max f and max p over the whole *test batch*: an
 # image's score then depends on which images it was batched with. dap uses a constant s
-# estimated on normal *training* images (`calibrate`, run after training; until then each
+# estimated on normal *training* images (`fit_pixel_scale`, run after training; until then each
 # image's own maxima), and shares the reconstruction noise across the batch, so an image scores
 # the same alone or in any batch. The official rule, applied to the maps we just computed:
 
@@ -306,7 +306,7 @@ for i in range(len(x)):
 train_ds = datasets(parse_data(DATA, model.image_size), model.image_size)[0]
 train_images = TrainData.from_dataset(train_ds).images            # uint8, normal only
 info = model.adapt(train_images, steps=DA_STEPS, seed=SEED)
-info.update(model.calibrate(train_images))
+info.update(model.fit_pixel_scale(train_images))
 print({k: round(v, 4) for k, v in info.items()})
 
 # %% [markdown]

@@ -179,7 +179,7 @@ print({k: round(v.item(), 4) for k, v in losses.items()})
 #
 # The thresholds are chosen on the **validation split** — normal images plus synthetic
 # anomalies, exactly the set `train_run` selects checkpoints on — never on the test split
-# (the official code tuned them on test). `method.calibrate` uses only the normal images: at
+# (the official code tuned them on test). `method.fit_thresholds` uses only the normal images: at
 # each step the median score rho_k, and one factor lambda such that 95 % of normal validation
 # images never stop early (threshold_k = lambda rho_k), and the mean patch discrepancy mu_k,
 # which with the threshold sets SAFF's mask (section 5).
@@ -201,7 +201,7 @@ else:
 method = method.to(DEVICE).eval()
 val_images = torch.stack([val_ds[i]["image"] for i in range(len(val_ds))])
 vset = synthetic_validation_set(method.synthesizer, val_images)
-info = method.calibrate(vset.image, vset.label)
+info = method.fit_thresholds(vset.image, vset.label)
 print(source)
 print(f"calibrated on {info['normal_images']} normal validation images; lambda = "
       f"{info['lambda']:.2f}")

@@ -92,11 +92,11 @@ def test_glad_after_training_calibrates_on_the_validation_set(monkeypatch):
     method = build_method("glad", "ci")
     seen = {}
 
-    def calibrate(images, labels=None, batch_size=16):
+    def fit_thresholds(images, labels=None, batch_size=16):
         seen["images"], seen["labels"] = images, labels
         return {"normal_images": int((labels == 0).sum())}
 
-    monkeypatch.setattr(method, "calibrate", calibrate)
+    monkeypatch.setattr(method, "fit_thresholds", fit_thresholds)
     vset = ValidationSet(torch.zeros(3, 3, 8, 8), torch.zeros(3, 8, 8), torch.tensor([0, 1, 0]))
     train_images = torch.ones(5, 3, 8, 8)
     info = method.after_training(train_images, vset)

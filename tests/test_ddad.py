@@ -163,7 +163,7 @@ def test_predict_shapes_and_score_is_max():
 def test_scores_do_not_depend_on_the_batch(calibrated):
     m = _random_model()
     if calibrated:
-        m.calibrate(_images(4, seed=9))
+        m.fit_pixel_scale(_images(4, seed=9))
         assert torch.isfinite(m.pixel_scale)
     x = _images(16, seed=1)
     batch16 = m.predict(x)

@@ -225,18 +225,18 @@ def test_gaussian_blur_and_patch_discrepancy():
 def test_calibration_takes_only_validation_tensors():
     m = _small()
     with pytest.raises(TypeError, match="validation"):
-        m.calibrate([_images(1)[0]])
+        m.fit_thresholds([_images(1)[0]])
     with pytest.raises(ValueError, match="at least 2 normal"):
-        m.calibrate(_images(3), torch.tensor([0, 1, 1]))
+        m.fit_thresholds(_images(3), torch.tensor([0, 1, 1]))
     with pytest.raises(ValueError, match="labels"):
-        m.calibrate(_images(3), torch.tensor([0, 1]))
+        m.fit_thresholds(_images(3), torch.tensor([0, 1]))
 
 
 def test_calibration_uses_normal_images_and_survives_a_checkpoint():
     m = _small()
     assert not m.calibrated
     normal = _images(4, seed=5)
-    info = m.calibrate(normal)
+    info = m.fit_thresholds(normal)
     assert m.calibrated and info["normal_images"] == 4
     thr = m.thresholds.clone()
     steps = m.timesteps                               # 400, 320, 240, 160, 80
@@ -244,7 +244,7 @@ def test_calibration_uses_normal_images_and_survives_a_checkpoint():
     assert torch.isfinite(m.patch_means[:4]).all() and (m.patch_means[1:4] <= thr[1:4]).all()
     # synthetic anomalies (label 1) never move the thresholds
     extra = torch.cat([normal, _images(3, seed=9)])
-    m.calibrate(extra, torch.tensor([0, 0, 0, 0, 1, 1, 1]))
+    m.fit_thresholds(extra, torch.tensor([0, 0, 0, 0, 1, 1, 1]))
     torch.testing.assert_close(m.thresholds, thr, equal_nan=True)
     # at most a (1 - q) share (rounded up) of the calibration images stops early
     stops = m.reconstruct(normal).extras["stop_step"]
@@ -266,7 +266,7 @@ def test_predict_modes_and_uncalibrated_warning():
         pred = m.predict(x)
     assert pred.anomaly_map.shape == (3, 64, 64) and pred.score.shape == (3,)
     assert pred.reconstruction.shape == x.shape and torch.isfinite(pred.anomaly_map).all()
-    m.calibrate(_images(4, seed=5))
+    m.fit_thresholds(_images(4, seed=5))
     with m.using(adaptive=False):                      # "glad fixed-step"
         assert m.reconstruct(x).extras["stop_step"].tolist() == [160] * 3
     with m.using(saff=False):                          # "glad no-SAFF": x0_r at the stop
@@ -286,7 +286,7 @@ def test_predict_modes_and_uncalibrated_warning():
 def test_map_terms_and_anomaly_map():
     m = _small()
     x = _images(2, seed=3)
-    m.calibrate(_images(4, seed=5))
+    m.fit_thresholds(_images(4, seed=5))
     rec = m.reconstruct(x).sample
     terms = m.map_terms(x, rec)
     assert set(terms) == {"feature", "pixel"}
@@ -310,7 +310,7 @@ def test_after_training_calibrates_on_the_validation_set_only():
     info = m.after_training(train, val)
     assert m.calibrated and info["normal_images"] == 4
     thr = m.thresholds.clone()
-    m.calibrate(_images(4, seed=5))                    # the same normal images, the same result
+    m.fit_thresholds(_images(4, seed=5))                    # the same normal images, the same result
     torch.testing.assert_close(m.thresholds, thr, equal_nan=True)
 
 

@@ -9,9 +9,13 @@ A method is an ``nn.Module`` with
   steps, DiffAD's latents, ...). One output type for every method.
 * ``predict(images, generator) -> Prediction`` — the anomaly map ``(B, H, W)``, the image score
   ``(B,)`` and the reconstruction. Higher = more anomalous.
+* ``calibrate(train_images, val) -> dict | None`` — fit the statistics that make ``predict``'s
+  score the reported one (DDAD: the pixel-term scale on *training* images; GLAD: stop thresholds
+  and map scales on the *validation* set). Model selection calls it before every validation, so
+  the checkpoint is chosen under the same scoring rule as the test. Default: nothing.
 * ``after_training(train_images, val) -> dict | None`` — what the method does once its networks
-  are trained and selected (DDAD: domain adaptation and calibration on *training* images; GLAD:
-  thresholds from the *validation* set). Never sees the test split. Default: nothing.
+  are trained and selected (DDAD: domain adaptation, then ``calibrate``). Default: ``calibrate``.
+  Neither ever sees the test split.
 * ``using(**changes)`` — a context in which the config is a validated copy with ``changes``
   (inference settings only: a change that would need other networks is refused).
 * ``config`` — its dataclass config; ``name`` — the registry name; ``config_class``.
@@ -184,14 +188,21 @@ class AnomalyMethod(nn.Module):
                 ) -> Prediction:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def after_training(self, train_images: Tensor, val: ValidationSet | None = None,
-                       progress: bool = False) -> dict[str, Any] | None:
-        """The method's own step once its networks are trained and selected; default: none.
+    def calibrate(self, train_images: Tensor, val: ValidationSet | None = None
+                  ) -> dict[str, Any] | None:
+        """Fit what ``predict``'s scoring rule needs from training / validation data; default:
+        nothing to fit.
 
         train_images : ``(N, 3, H, W)`` uint8 or float in [-1, 1], normal *training* images;
-        val : the validation set. Returns JSON-able facts for the provenance record, or None.
+        val : the validation set. Returns JSON-able facts, or None.
         """
         return None
+
+    def after_training(self, train_images: Tensor, val: ValidationSet | None = None,
+                       progress: bool = False) -> dict[str, Any] | None:
+        """The method's own step once its networks are trained and selected; default:
+        :meth:`calibrate`. Returns JSON-able facts for the provenance record, or None."""
+        return self.calibrate(train_images, val)
 
 
 def top_k_mean(maps: Tensor, k: int) -> Tensor:

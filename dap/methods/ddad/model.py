@@ -211,7 +211,14 @@ class DDAD(AnomalyMethod):
         return adapt(self, images, steps, seed, progress)
 
     @torch.no_grad()
-    def calibrate(self, images: Tensor, batch_size: int = 16) -> dict[str, float]:
+    def calibrate(self, train_images: Tensor, val: ValidationSet | None = None
+                  ) -> dict[str, float]:
+        """The scoring rule's statistic: :meth:`fit_pixel_scale` on the *training* images
+        (``val`` is not used; DDAD needs normal images only)."""
+        return self.fit_pixel_scale(train_images)
+
+    @torch.no_grad()
+    def fit_pixel_scale(self, images: Tensor, batch_size: int = 16) -> dict[str, float]:
         """Estimate s = max f / max p on normal images, for the frozen (and adapted) extractor.
 
         images : ``(N, 3, H, W)`` uint8 or float in [-1, 1] — normal *training* images; the first
@@ -243,7 +250,8 @@ class DDAD(AnomalyMethod):
 
     def after_training(self, train_images: Tensor, val: ValidationSet | None = None,
                        progress: bool = False) -> dict[str, float]:
-        """Domain adaptation (when ``domain_adaptation_steps`` > 0), then :meth:`calibrate`.
+        """Domain adaptation (when ``domain_adaptation_steps`` > 0), then :meth:`calibrate`
+        (the pixel scale, refitted for the adapted extractor too).
 
         train_images : ``(N, 3, H, W)`` uint8 or float in [-1, 1], normal *training* images;
         ``val`` is not used (DDAD needs normal images only). Returns their logs.
@@ -254,7 +262,7 @@ class DDAD(AnomalyMethod):
         if self.config.domain_adaptation_steps > 0:
             info.update(self.adapt(train_images, seed=self.config.inference_seed,
                                    progress=progress))
-        info.update(self.calibrate(train_images))
+        info.update(self.calibrate(train_images, val))
         self.train(was_training)
         return info
 

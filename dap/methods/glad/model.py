@@ -137,11 +137,11 @@ class GLAD(AnomalyMethod):
                 self.calibrated_timesteps.tolist() != self.timesteps:
             raise ConfigError("GLAD's thresholds were calibrated for timesteps "
                               f"{self.calibrated_timesteps.tolist()}, not {self.timesteps}; "
-                              "call method.calibrate(val_images) again")
+                              "call method.fit_thresholds(val_images) again")
         if not self._warned and (self.config.adaptive or self.config.saff):
             warnings.warn("GLAD is not calibrated: every sample stops at min_step and SAFF "
                           "masks are min-max normalised per image. Call "
-                          "method.calibrate(val_images) with validation images.", stacklevel=3)
+                          "method.fit_thresholds(val_images) with validation images.", stacklevel=3)
             self._warned = True
         return None
 
@@ -199,20 +199,20 @@ class GLAD(AnomalyMethod):
 
     # -- calibration on the validation split ---------------------------------------------------
     @torch.no_grad()
-    def after_training(self, train_images: Tensor, val: ValidationSet | None = None,
-                       progress: bool = False) -> dict[str, Any] | None:
-        """What GLAD does once trained: :meth:`calibrate` on the *validation* set ``val`` (its
-        images and labels; the set training selected on). The training images are not used.
-        Returns the calibration summary, or None (with the usual not-calibrated warning later)
-        when no validation set is given.
+    def calibrate(self, train_images: Tensor, val: ValidationSet | None = None
+                  ) -> dict[str, Any] | None:
+        """The scoring rule's statistics: :meth:`fit_thresholds` on the *validation* set ``val``
+        (its images and labels; the set training selects on). The training images are not
+        used. Returns the calibration summary, or None (with the usual not-calibrated warning
+        later) when no validation set is given.
         """
         if val is None:
             return None
-        return self.calibrate(val.image, val.label)
+        return self.fit_thresholds(val.image, val.label)
 
     @torch.no_grad()
-    def calibrate(self, val_images: Tensor, val_labels: Tensor | None = None,
-                  batch_size: int = 16) -> dict[str, Any]:
+    def fit_thresholds(self, val_images: Tensor, val_labels: Tensor | None = None,
+                       batch_size: int = 16) -> dict[str, Any]:
         """Set the per-step thresholds and the map normalisation from *validation* images.
 
         val_images : ``(N, 3, H, W)`` in [-1, 1], the validation split (normal images, possibly
