@@ -83,7 +83,9 @@ class DenoiserConfig:
     use_checkpoint : bool
         Gradient checkpointing of every block: keep only block inputs and recompute the rest in
         the backward pass (about one extra forward pass of compute), so the ``paper`` preset
-        fits batch 16 into less GPU memory. Same gradients (tested).
+        fits batch 16 into less GPU memory. Same gradients (tested). Being part of the config,
+        it is saved with a model; :meth:`DenoiserUNet.enable_gradient_checkpointing` switches the
+        same thing on at run time without changing the config.
     """
 
     image_size: int = 256
@@ -238,9 +240,25 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 and cast back (guided-diffusion's ``GroupNorm32``).
 
     Keeps the statistics accurate under bf16/fp16 autocast; the output has the input's dtype.
+
+    ``upcast`` (default True) is a speed option, never saved in a checkpoint: with
+    ``upcast=False`` a bfloat16 input on the CPU is normalised by the native mixed-precision kernel
+    (statistics accumulated in float32 inside it, affine parameters kept in float32, output
+    bfloat16), which skips two full-size casts per norm; a float32 input is unaffected. While
+    gradients are recorded, a channels_last input still takes the float32 path: the native
+    kernel's channels_last backward is 2-4x slower than the casts it saves (measured here).
+    :func:`dap.runtime.speed_up` turns it off on CPUs with native bf16 (measured in
+    ``benchmarks/speed.py``).
     """
 
+    upcast: bool = True
+
     def forward(self, x: Tensor) -> Tensor:
+        if not self.upcast and x.dtype == torch.bfloat16 and x.device.type == "cpu" and not (
+                torch.is_grad_enabled() and not x.is_contiguous()):
+            # the mixed-type kernel accepts a bf16 input with fp32 weight and bias
+            with torch.autocast(x.device.type, enabled=False):
+                return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x.float()).to(x.dtype)
 
 
@@ -333,11 +351,27 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
+#: Implementations of softmax(q k^T / sqrt(d)) v that :class:`AttentionBlock` can use.
+ATTENTION_BACKENDS: tuple[str, ...] = ("sdpa", "fused", "einsum")
+
+
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over all H*W positions, residual, zero-initialised projection.
 
     qkv = Conv1d(C, 3C, 1)(GN(x)); heads use the legacy guided-diffusion layout (each head's
-    [q, k, v] contiguous); softmax(q k^T / sqrt(d)) v via ``F.scaled_dot_product_attention``.
+    [q, k, v] contiguous); softmax(q k^T / sqrt(d)) v.
+
+    ``backend`` (a speed option, not part of the config or the checkpoint) picks how the
+    attention is computed; all three give the same result up to float rounding:
+
+    * ``"sdpa"`` (default): ``F.scaled_dot_product_attention`` on strided q, k, v views. On
+      the CPU these views send it to the unfused "math" kernel.
+    * ``"fused"``: the same call on contiguous q, k, v, which lets PyTorch pick its fused
+      (flash) kernel on the CPU and on CUDA: no (N, N) matrix is stored, and on 2 CPU cores it
+      is 1.5-7x faster than "sdpa" at 16 x 16 (``benchmarks/speed.py``). Under CPU autocast
+      with gradients it runs in float32 (the bf16 flash backward is slower than the fp32 one).
+    * ``"einsum"``: guided-diffusion's ``QKVAttentionLegacy`` (the official code): two
+      einsums with the 1/sqrt(sqrt(d)) scale on each side, softmax in float32.
     """
 
     def __init__(self, channels: int, num_heads: int, num_head_channels: int,
@@ -347,17 +381,40 @@ class AttentionBlock(nn.Module):
         self.norm = normalization(channels, num_groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+        self.backend = "sdpa"
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, hgt, wid = x.shape
         n, heads = hgt * wid, self.num_heads
         qkv = self.qkv(self.norm(x).reshape(b, c, n))               # (B, 3C, N)
+        if self.backend == "einsum":
+            a = _einsum_attention(qkv.reshape(b * heads, 3 * (c // heads), n))
+            return x + self.proj_out(a.reshape(b, c, n)).reshape(b, c, hgt, wid)
         qkv = qkv.reshape(b, heads, 3 * (c // heads), n).transpose(-1, -2)
         q, k, v = qkv.chunk(3, dim=-1)                              # (B, heads, N, d) each
-        # a = softmax(q k^T / sqrt(d)) v
-        a = F.scaled_dot_product_attention(q, k, v)
+        if self.backend == "fused":
+            dtype = q.dtype
+            if x.device.type == "cpu" and torch.is_grad_enabled() and dtype != torch.float32:
+                dtype = torch.float32
+            q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
+            with torch.autocast(x.device.type, enabled=False):
+                a = F.scaled_dot_product_attention(q, k, v).to(qkv.dtype)
+        else:
+            # a = softmax(q k^T / sqrt(d)) v
+            a = F.scaled_dot_product_attention(q, k, v)
         a = a.transpose(-1, -2).reshape(b, c, n)
         return x + self.proj_out(a).reshape(b, c, hgt, wid)
+
+
+def _einsum_attention(qkv: Tensor) -> Tensor:
+    """guided-diffusion's legacy attention on ``(B*heads, 3d, N)`` -> ``(B*heads, d, N)``."""
+    d = qkv.shape[1] // 3
+    q, k, v = qkv.chunk(3, dim=1)
+    scale = 1 / math.sqrt(math.sqrt(d))
+    # w = softmax((q / d^(1/4))^T (k / d^(1/4))) over the key positions
+    w = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+    w = torch.softmax(w.float(), dim=-1).to(w.dtype)
+    return torch.einsum("bts,bcs->bct", w, v)
 
 
 class EmbedSequential(nn.Sequential):
@@ -385,7 +442,22 @@ class DenoiserUNet(nn.Module):
     A fresh network predicts exactly 0 (zero-initialised output conv), and every ResBlock and
     attention block starts as the identity on its residual branch. Works under bf16 autocast and
     with ``channels_last`` inputs; GroupNorm statistics are always computed in float32.
+
+    Speed and memory options (none changes the parameters, the state_dict keys or, when off,
+    a single bit of the float32 outputs; :mod:`dap.runtime` applies them in one place):
+
+    * :meth:`enable_gradient_checkpointing` (diffusers' name; or ``config.use_checkpoint``):
+      keep only each block's input and recompute the block in the backward pass
+      (``torch.utils.checkpoint``, ``use_reentrant=False``): about one extra forward pass of
+      compute for a fraction of the activation memory. Same outputs and gradients (tested).
+    * channels_last weights and inputs, bf16/fp16 autocast, ``torch.compile``:
+      :func:`dap.runtime.speed_up` and :func:`dap.runtime.autocast`.
+    * the attention implementation (:class:`AttentionBlock` ``backend``) and native bf16
+      GroupNorm (:class:`GroupNorm32` ``upcast``): :func:`dap.runtime.speed_up`.
     """
+
+    #: recompute every block in the backward pass (see :meth:`enable_gradient_checkpointing`)
+    gradient_checkpointing: bool = False
 
     def __init__(self, config: DenoiserConfig) -> None:
         super().__init__()
@@ -464,8 +536,29 @@ class DenoiserUNet(nn.Module):
             raise ValueError(f"got {t.numel()} timesteps for a batch of {x.shape[0]}")
         return t
 
+    def enable_gradient_checkpointing(self) -> "DenoiserUNet":
+        """Recompute each block in the backward pass instead of storing its activations.
+
+        Only the inputs of the encoder, middle and decoder blocks and of the output head are
+        kept (the skips are kept anyway); each block runs a second time during ``backward``.
+        Costs about one extra forward pass; the ``paper`` preset's activations shrink ~5-10x
+        (``benchmarks/gpu.py --cpu-memory``). Outputs and gradients are unchanged (tested to
+        1e-6). Active only while gradients are enabled; not stored in checkpoints.
+        """
+        self.gradient_checkpointing = True
+        return self
+
+    def disable_gradient_checkpointing(self) -> "DenoiserUNet":
+        """Store activations again (the default); see :meth:`enable_gradient_checkpointing`."""
+        self.gradient_checkpointing = False
+        return self
+
+    def _checkpointing(self) -> bool:
+        return (self.gradient_checkpointing or self.config.use_checkpoint) \
+            and torch.is_grad_enabled()
+
     def _run(self, block: EmbedSequential, h: Tensor, emb: Tensor) -> Tensor:
-        if self.config.use_checkpoint and torch.is_grad_enabled():
+        if self._checkpointing():
             return checkpoint(block, h, emb, use_reentrant=False)
         return block(h, emb)
 
@@ -496,6 +589,8 @@ class DenoiserUNet(nn.Module):
         h = self._run(self.middle_block, h, emb)
         for block in self.output_blocks:
             h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
+        if self._checkpointing():
+            return checkpoint(self.out, h, use_reentrant=False)
         return self.out(h)
 
     def encode_features(self, x: Tensor, timesteps: Tensor | float | int,
@@ -532,5 +627,7 @@ __all__ = [
     "timestep_embedding",
     "ResBlock",
     "AttentionBlock",
+    "ATTENTION_BACKENDS",
+    "GroupNorm32",
     "DenoiserUNet",
 ]

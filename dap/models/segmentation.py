@@ -29,12 +29,14 @@ out_channels=1, base_channels=64)`` -> ``SegmenterConfig(in_channels, out_channe
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from dap.config import ConfigError, replace
 
@@ -130,6 +132,29 @@ class UpStage(nn.Module):
         return self.block(torch.cat([self.up(x), skip], dim=1))
 
 
+@contextlib.contextmanager
+def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` without touching its BatchNorm running statistics.
+
+    Used while gradient checkpointing recomputes a block in the backward pass: the forward
+    pass has already updated ``running_mean`` / ``running_var`` / ``num_batches_tracked``, and a
+    second update would change them. momentum = 0 leaves the running averages bit-identical
+    (``(1 - 0) * r + 0 * batch``); the counter is restored afterwards.
+    """
+    saved = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats \
+                and m.momentum is not None:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
 class SegmentationUNet(nn.Module):
     """M_hat = sigmoid(f(concat(x_0, x0_g))): the DRAEM discriminative U-Net.
 
@@ -137,7 +162,17 @@ class SegmentationUNet(nn.Module):
     ----------
     config : SegmenterConfig
         See :func:`segmenter_config` (``paper``, ``ci``, ``cpu``).
+
+    Notes
+    -----
+    Speed and memory options (none changes the state_dict keys or, when off, the outputs):
+    :meth:`enable_gradient_checkpointing` recomputes each encoder block and decoder stage in
+    the backward pass, with the BatchNorm running statistics updated once, as without it
+    (tested); channels_last, autocast and ``torch.compile`` come from :mod:`dap.runtime`.
     """
+
+    #: recompute every encoder block and decoder stage in the backward pass
+    gradient_checkpointing: bool = False
 
     def __init__(self, config: SegmenterConfig) -> None:
         super().__init__()
@@ -174,20 +209,50 @@ class SegmentationUNet(nn.Module):
                              f"got {tuple(x.shape)}")
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(f"H and W must be divisible by {factor}, got {tuple(x.shape[-2:])}")
+        run = self._checkpointed if self._checkpointing() else _call
         skips = []
         for i, block in enumerate(self.encoder):
             if i:
                 x = F.max_pool2d(x, 2)
-            x = block(x)
+            x = run(block, x)
             skips.append(x)
         skips.pop()  # the bottleneck is the decoder's input, not a skip
         for stage in self.decoder:
-            x = stage(x, skips.pop())
+            x = run(stage, x, skips.pop())
         return self.head(x)
+
+    def enable_gradient_checkpointing(self) -> "SegmentationUNet":
+        """Recompute each encoder block and decoder stage in the backward pass.
+
+        Keeps only their inputs (and the skips); BatchNorm running statistics are updated once
+        per forward pass, exactly as without checkpointing. Outputs and gradients unchanged
+        (tested to 1e-6). Active only while gradients are enabled; not stored in checkpoints.
+        """
+        self.gradient_checkpointing = True
+        return self
+
+    def disable_gradient_checkpointing(self) -> "SegmentationUNet":
+        """Store activations again (the default)."""
+        self.gradient_checkpointing = False
+        return self
+
+    def _checkpointing(self) -> bool:
+        return self.gradient_checkpointing and torch.is_grad_enabled()
+
+    @staticmethod
+    def _checkpointed(module: nn.Module, *args: Tensor) -> Tensor:
+        def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+            return contextlib.nullcontext(), _frozen_batchnorm_stats(module)
+
+        return checkpoint(module, *args, use_reentrant=False, context_fn=contexts)
 
     def predict_mask(self, x: Tensor) -> Tensor:
         """M_hat = sigmoid(logits), ``(B, out_channels, H, W)`` in [0, 1] (the official output)."""
         return torch.sigmoid(self(x))
+
+
+def _call(module: nn.Module, *args: Tensor) -> Tensor:
+    return module(*args)
 
 
 __all__ = [
