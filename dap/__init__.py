@@ -13,7 +13,7 @@ this)::
     engine  report           checkpoint, train, select, evaluate; tables and figures;
     copy_metrics             DiffAD's copy PSNR
      |
-    methods                  base (the contract) + one package per method:
+    methods  runtime         base (the contract) + one package per method; speed options:
      |                       diffusionad, ddad, glad, diffad (config, ops, model)
      |
     diffusion  models  features  synthesis  losses      the paper's machinery

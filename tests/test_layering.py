@@ -17,10 +17,10 @@ DAP = Path(__file__).resolve().parents[1] / "dap"
 
 # the layer of each top-level part of dap (higher may import lower, never the reverse)
 LAYER = {
-    "config": 0, "profiles": 0, "io": 0, "progress": 0, "runtime": 0, "viz": 0,
+    "config": 0, "profiles": 0, "io": 0, "progress": 0, "viz": 0,
     "data": 1, "metrics": 1, "_metrics_core": 1,
     "diffusion": 2, "models": 2, "features": 2, "synthesis": 2, "losses": 2,
-    "methods": 3,
+    "methods": 3, "runtime": 3,
     "engine": 4, "report": 4, "copy_metrics": 4,
     "experiments": 5, "zoo": 5, "analysis": 5,
     "cli": 6, "__main__": 6, "__init__": 6,
