@@ -1,8 +1,8 @@
 """DiffAD's configuration, its latent denoisers and the presets (:func:`diffad_config`).
 
-The options where the paper's text and the public code differ (``condition_source``,
-``condition_timestep``, ``sample_condition``) and the z_0 prediction of the small presets are
-described in :mod:`dap.methods.diffad`.
+Where dap differs from the official code, and the option that restores the official setting, is
+listed in :mod:`dap.methods.diffad.official` (rendered into :mod:`dap.methods.diffad`'s
+docstring); the z_0 prediction of the small presets is explained there too.
 """
 
 from __future__ import annotations
@@ -12,14 +12,18 @@ from typing import Any, Literal
 
 from dap.config import ConfigError, DiffusionConfig, from_dict, merge
 from dap.methods.base import check_preset
-from dap.methods.diffad.ops import score_pool_size
+from dap.methods.diffad.ops import sampling_timesteps, score_pool_size
+from dap.methods.diffad.sampler import NOISY_FIXED_RANGE
 from dap.models.autoencoder import AutoencoderConfig, autoencoder_config
 from dap.models.denoiser import DenoiserConfig
 from dap.models.segmentation import SegmenterConfig, segmenter_config
 from dap.synthesis import SynthesisConfig
 
-#: the condition of the DDIM sampler at step t: c itself, or c noised to step t
-SampleCondition = Literal["clean", "noisy"]
+#: the condition of the DDIM sampler: c itself; c noised once to a t_c in [400, 500) and kept
+#: for every step (the official alternative); c noised to each step's t (dap's own)
+SampleCondition = Literal["clean", "noisy_fixed", "noisy_per_step"]
+#: the DDIM timesteps: from T - 1 down (dap) or Latent Diffusion's grid (1, 1 + T/S, ...)
+DDIMGrid = Literal["dap", "ldm"]
 
 
 def latent_denoiser_config(autoencoder: AutoencoderConfig, **kw: Any) -> DenoiserConfig:
@@ -54,30 +58,43 @@ class DiffADConfig:
         Weight of a perceptual (LPIPS) term; 0 by default (needs pretrained weights; see
         :meth:`DiffAD.set_perceptual`).
     scale_latents : bool
-        Normalise latents to unit standard deviation, fitted on the first denoiser batch (LDM).
+        Normalise latents to unit standard deviation, fitted on the first denoiser batch (LDM's
+        ``scale_by_std``; the official DiffAD config leaves the latents unscaled: False).
     condition_source : {"synthetic", "input"}
         What the denoiser is conditioned on in training: the latent of a synthetic anomalous
         version of the image (eq. 12 synthesis, half of the samples left normal) while the target
-        stays the normal latent (the public code: ``cond_stage_key: augmented_image``), or the
+        stays the normal latent (the official code: ``cond_stage_key: augmented_image``), or the
         latent of the normal image itself (``input``: target = condition).
     noisy_condition : bool
         Train with the noisy condition embedding (DiffAD) or the clean condition (ablation).
     condition_timestep : {"independent", "same"}
         The t of the noisy condition: drawn independently of the denoiser's t, t_c ~ U[0, T)
-        (the public code), or the denoiser's own t (the equation as printed).
-    sample_condition : {"clean", "noisy"}
-        Condition of the DDIM sampler at step t: c itself (the public code; in the training
-        distribution when t_c is independent, since t_c near 0 is seen), or c noised to step t
-        with one fixed noise (the training distribution of ``condition_timestep="same"``). A
-        model trained with the clean condition must sample with it.
+        (the official code), or the denoiser's own t (the equation as printed).
+    sample_condition : {"clean", "noisy_fixed", "noisy_per_step"}
+        Condition of the DDIM sampler: ``clean``, c itself at every step (the official code; in
+        the training distribution when t_c is independent, since t_c near 0 is seen);
+        ``noisy_fixed``, c noised *once* to t_c (:attr:`sample_condition_t`) and the same noisy
+        condition at every step (the official alternative, commented out in its test script);
+        ``noisy_per_step``, c noised to each step's own t with one fixed noise (dap's own
+        variant: the training distribution of ``condition_timestep="same"``). A model trained
+        with the clean condition must sample with it.
+    sample_condition_t : int or None
+        t_c of ``noisy_fixed``: None draws it from U[400, 500) with the inference generator
+        (the official script's range; one draw shared by the batch at inference, one per image
+        for the segmenter's training reconstructions), an int fixes it.
     prediction_type : {"epsilon", "sample"}
         What the denoiser predicts (diffusers' names): the noise eps (DDPM, LDM, DiffAD) or the
         clean latent z_0 (loss ||z_0 - f(concat(z_t, c), t)||^2, weighting the high-noise steps,
         where only the condition can tell what z_0 is, far more than the eps loss does).
     ddim_steps : int
-        DDIM steps from z_T ~ N(0, I) at inference (paper: 50).
+        DDIM steps from z_T ~ N(0, I) at inference (paper: 50; official test script: 10).
     train_ddim_steps : int or None
         DDIM steps of the reconstructions the segmenter trains on (None: ``ddim_steps``).
+    ddim_grid : {"dap", "ldm"}
+        The DDIM timesteps: ``dap``, S steps evenly from T - 1 down (999, 899, ..., 100 for
+        S = 10); ``ldm``, Latent Diffusion's uniform grid of the official code, 1 + k T // S
+        (901, 801, ..., 1). Both end with a step to z_0 (abar = 1); the official sampler's last
+        step ends at abar_0 = 1 - beta_0 instead.
     ddim_eta : float
         DDIM stochasticity (0: deterministic).
     interpolation_lambda : float
@@ -111,9 +128,11 @@ class DiffADConfig:
     noisy_condition: bool = True
     condition_timestep: Literal["independent", "same"] = "independent"
     sample_condition: SampleCondition = "clean"
+    sample_condition_t: int | None = None
     prediction_type: Literal["epsilon", "sample"] = "epsilon"
     ddim_steps: int = 50
     train_ddim_steps: int | None = None
+    ddim_grid: DDIMGrid = "dap"
     ddim_eta: float = 0.0
     interpolation_lambda: float = 0.5
     interpolated_channels: bool = True
@@ -148,6 +167,11 @@ class DiffADConfig:
                 raise ConfigError(f"DiffADConfig.{key} must be >= 0, got {getattr(self, key)}")
         if self.ddim_steps < 1 or (self.train_ddim_steps is not None and self.train_ddim_steps < 1):
             raise ConfigError("DiffADConfig.ddim_steps and train_ddim_steps must be >= 1")
+        if max(self.ddim_steps, self.train_ddim_steps or 0) > self.diffusion.num_train_timesteps:
+            raise ConfigError(f"DiffADConfig.ddim_steps and train_ddim_steps must be <= "
+                              f"num_train_timesteps = {self.diffusion.num_train_timesteps}")
+        for steps in {self.ddim_steps, self.train_ddim_steps or self.ddim_steps}:
+            sampling_timesteps(self.diffusion.num_train_timesteps, steps, self.ddim_grid)
         if not 0.0 <= self.interpolation_lambda <= 1.0:
             raise ConfigError("DiffADConfig.interpolation_lambda must lie in [0, 1], got "
                               f"{self.interpolation_lambda}")
@@ -158,10 +182,18 @@ class DiffADConfig:
                     "smooth_l1_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"DiffADConfig.{key} must be >= 0, got {getattr(self, key)}")
-        if not self.noisy_condition and self.sample_condition == "noisy":
+        if not self.noisy_condition and self.sample_condition != "clean":
             raise ConfigError("DiffADConfig: a model trained with the clean condition "
                               "(noisy_condition=False) never saw a noisy one; use "
                               "sample_condition='clean'")
+        T = self.diffusion.num_train_timesteps
+        if self.sample_condition_t is not None and not 0 <= self.sample_condition_t < T:
+            raise ConfigError(f"DiffADConfig.sample_condition_t must lie in [0, {T}), got "
+                              f"{self.sample_condition_t}")
+        if self.sample_condition == "noisy_fixed" and self.sample_condition_t is None \
+                and NOISY_FIXED_RANGE[1] > T:
+            raise ConfigError(f"DiffADConfig: with {T} diffusion steps the official t_c range "
+                              f"{NOISY_FIXED_RANGE} does not fit; set sample_condition_t")
 
 
 # The latent denoisers (guided-diffusion U-Nets on latents).
@@ -175,11 +207,13 @@ DENOISER: dict[str, DenoiserConfig] = {
     "cpu": latent_denoiser_config(_AE["cpu"], num_channels=32, channel_mult=(1, 2, 4),
                                   num_res_blocks=1, attention_resolutions=(16, 8), num_heads=4,
                                   num_groups=8),
-    # paper: 32 x 32 x 4 latents; an LDM-sized U-Net (our choice: the reference notes do not
-    # give DiffAD's widths).
-    "paper": latent_denoiser_config(_AE["paper"], num_channels=128, channel_mult=(1, 2, 4),
-                                    num_res_blocks=2, attention_resolutions=(16, 8),
-                                    num_head_channels=32),
+    # paper: 32 x 32 x 4 latents; the official configs/mvtec.yaml unet_config (model_channels
+    # 256, channel_mult 1 2 4, 2 res blocks, attention at down-sampling rates 4 2 1 = feature
+    # maps 8, 16, 32 px, 32 channels per head, convolutional down/up-sampling): 257.7 M
+    # parameters, the same parameter shapes as the official UNetModel (tests/test_diffad.py).
+    "paper": latent_denoiser_config(_AE["paper"], num_channels=256, channel_mult=(1, 2, 4),
+                                    num_res_blocks=2, attention_resolutions=(32, 16, 8),
+                                    num_head_channels=32, resblock_updown=False),
 }
 # Phase lengths (ae, denoiser, segmenter) and DDIM steps (inference, training) per preset.
 _SCHEDULE = {"ci": (400, 800, 300, 10, 5), "cpu": (2000, 4000, 2000, 20, 10),
@@ -213,4 +247,4 @@ def diffad_config(preset: str = "paper", **overrides: Any) -> DiffADConfig:
 
 
 __all__ = ["DiffADConfig", "diffad_config", "latent_denoiser_config", "DENOISER",
-           "SampleCondition"]
+           "SampleCondition", "DDIMGrid"]

@@ -1,11 +1,12 @@
 """The DiffAD module: autoencoder, latent denoiser, segmenter, schedule and synthesizer.
 
-Paper: DiffAD (Zhang et al., ICCV 2023); the method, its options and how dap differs from the
-paper and the public code are described in :mod:`dap.methods.diffad`. Taught in
+Paper: DiffAD (Zhang et al., ICCV 2023); the method and its options are described in
+:mod:`dap.methods.diffad`, how dap differs from the official code in
+:mod:`dap.methods.diffad.official`. Taught in
 ``notebooks/09_latent_diffusion``.
 
-Training in the shared loop (:func:`dap.train.train`) — the phase design
-------------------------------------------------------------------------
+Training in the shared loop (:func:`dap.engine.train.train`) — the phase design
+-------------------------------------------------------------------------------
 DiffAD trains its parts one after the other (the autoencoder, then the diffusion model with the
 autoencoder frozen, then the segmentation network on reconstructions of the frozen pipeline).
 ``forward(batch, generator)`` follows the same order and picks the phase from a step counter
@@ -32,23 +33,32 @@ benchmark rows keep the last checkpoint (``select_metric="last"``).
 
 from __future__ import annotations
 
+import copy
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from dap.diffusion import NoiseSchedule, ddim_timesteps, denoise_loop
+from dap.config import ConfigError, replace
+from dap.diffusion import NoiseSchedule
 from dap.losses import focal_loss, smooth_l1_loss
 from dap.methods.base import AnomalyMethod, Prediction, Reconstruction, TrainBatch
 from dap.methods.diffad.config import DiffADConfig, SampleCondition
-from dap.methods.diffad.ops import interpolate_latents, noisy_condition, pooled_max_score
+from dap.methods.diffad.ops import (interpolate_latents, noisy_condition, pooled_max_score,
+                                    sampling_timesteps)
+from dap.methods.diffad.sampler import sample_conditioned
 from dap.models.autoencoder import AutoencoderKL, autoencoder_loss
 from dap.models.denoiser import DenoiserUNet
 from dap.models.segmentation import SegmentationUNet
 from dap.synthesis import AnomalySynthesizer
 
 PHASES: tuple[str, ...] = ("autoencoder", "denoiser", "segmenter")
+#: the settings :meth:`DiffAD.segmenter_variant` may change (they concern the segmenter only)
+SEGMENTER_SETTINGS: tuple[str, ...] = (
+    "interpolated_channels", "interpolation_lambda", "segmenter", "segmenter_steps",
+    "train_ddim_steps", "focal_weight", "focal_gamma", "focal_alpha", "smooth_l1_weight",
+    "score_pool")
 
 
 class DiffAD(AnomalyMethod):
@@ -124,6 +134,37 @@ class DiffAD(AnomalyMethod):
         first = {"autoencoder": 0, "denoiser": c.ae_steps,
                  "segmenter": c.ae_steps + c.denoiser_steps}[phase]
         self.phase_step.fill_(first)
+
+    def segmenter_variant(self, **changes: Any) -> "DiffAD":
+        """A copy of this model with a *fresh* segmenter built from ``changes``, at the first
+        step of the segmenter phase; the autoencoder, denoiser and latent scale are this model's.
+
+        The no-interp ablation without confounding: ``trained.segmenter_variant(
+        interpolated_channels=False)`` (a 6-channel segmenter on concat(x_r, x)) and
+        ``trained.segmenter_variant()`` (a fresh 9-channel one) train only the segmenter phase on
+        reconstructions of the *same* frozen autoencoder and denoiser
+        (:func:`dap.analysis.diffad.interpolated_channels_ablation`). ``changes`` may name only
+        :data:`SEGMENTER_SETTINGS`; ``interpolated_channels`` sets ``segmenter.in_channels`` to 9
+        or 6 unless ``segmenter`` is given. The new segmenter's initial weights come from torch's
+        global generator: seed it first for a reproducible variant.
+        """
+        other = sorted(set(changes) - set(SEGMENTER_SETTINGS))
+        if other:
+            raise ConfigError(f"DiffAD.segmenter_variant changes the segmenter only; {other} "
+                              f"would need other networks (allowed: {list(SEGMENTER_SETTINGS)})")
+        if "interpolated_channels" in changes and "segmenter" not in changes:
+            changes["segmenter"] = {"in_channels": 9 if changes["interpolated_channels"] else 6}
+        config = replace(self.config, **changes)
+        segmenter = SegmentationUNet(config.segmenter)
+        old, self.segmenter = self.segmenter, nn.Identity()     # not copied: replaced below
+        try:
+            new = copy.deepcopy(self)
+        finally:
+            self.segmenter = old
+        new.config = config
+        new.segmenter = segmenter.to(self.latent_scale.device)
+        new.start_phase("segmenter")
+        return new
 
     # -- latents ------------------------------------------------------------------------------
     def encode(self, images: Tensor) -> Tensor:
@@ -240,40 +281,20 @@ class DiffAD(AnomalyMethod):
     def sample_latents(self, condition: Tensor, generator: torch.Generator | None = None,
                        num_steps: int | None = None, shared_noise: bool = True,
                        sample_condition: SampleCondition | None = None) -> Tensor:
-        """z_r: DDIM from z_T ~ N(0, I) to z_0, conditioned on ``condition`` ``(B, 4, h, w)``.
+        """z_r: DDIM from z_T ~ N(0, I) to z_0, conditioned on ``condition`` ``(B, 4, h, w)``,
+        on the config's grid, eta and condition (``sample_condition`` overrides the latter).
 
-        At each DDIM step t the denoiser sees concat(z_t, c_t) with c_t = c (``clean``) or
-        c_t = sqrt(abar_t) c + sqrt(1 - abar_t) eps' (``noisy``, one eps' for all steps).
-        ``shared_noise``: one z_T (and eps') for every image of the batch, so the result does
-        not depend on the batch composition (inference); False draws one per image (training).
+        The condition modes (``clean``, ``noisy_fixed``, ``noisy_per_step``) and
+        ``shared_noise`` are described in :func:`~dap.methods.diffad.sampler.sample_conditioned`.
         """
         c = self.config
-        schedule = self.schedule_on(condition.device)
-        mode = sample_condition or c.sample_condition
-        generator = self.inference_generator(condition.device, generator)
-        shape = (1, *condition.shape[1:]) if shared_noise else tuple(condition.shape)
-
-        def draw(k: int | None = None) -> Tensor:
-            n = torch.randn(shape, generator=generator, device=condition.device)
-            return n.expand_as(condition).to(condition.dtype)
-
-        z_T = draw()
-        cond_noise = draw() if mode == "noisy" else None
-
-        def model(z: Tensor, t: Tensor) -> Tensor:
-            # f(concat(z_t, c_t), t), c_t = c or c noised to step t with the one eps'
-            cond = condition if cond_noise is None else \
-                noisy_condition(schedule, condition, cond_noise, t)
-            return self.denoiser(torch.cat([z, cond], dim=1), t)
-
-        steps = ddim_timesteps(c.diffusion.num_train_timesteps - 1, num_steps or c.ddim_steps)
-        z = denoise_loop(model, schedule, z_T, steps, sampler="ddim", eta=c.ddim_eta, noise=draw,
-                         prediction_type=c.prediction_type).sample
-        if c.ddim_eta > 0:
-            # the last step (to z_0) adds no noise (sigma = 0) and the loop draws none for it;
-            # this sampler always drew one there, kept so the generator's stream is unchanged
-            draw()
-        return z
+        steps = sampling_timesteps(c.diffusion.num_train_timesteps, num_steps or c.ddim_steps,
+                                   c.ddim_grid)
+        return sample_conditioned(
+            self.denoiser, self.schedule_on(condition.device), condition, steps,
+            mode=sample_condition or c.sample_condition, condition_t=c.sample_condition_t,
+            generator=self.inference_generator(condition.device, generator),
+            shared_noise=shared_noise, eta=c.ddim_eta, prediction_type=c.prediction_type)
 
     @torch.no_grad()
     def reconstruct_parts(self, images: Tensor, generator: torch.Generator | None = None,
@@ -315,11 +336,17 @@ class DiffAD(AnomalyMethod):
             warnings.warn(f"DiffAD: the segmenter has not been trained yet (phase {self.phase!r}, "
                           f"step {int(self.phase_step)}); its anomaly maps are meaningless",
                           stacklevel=2)
-        parts = self.reconstruct(images, generator)
+        return self.predict_from(images, self.reconstruct(images, generator))
+
+    @torch.no_grad()
+    def predict_from(self, images: Tensor, parts: Reconstruction) -> Prediction:
+        """The segmenter's prediction from a reconstruction already made by :meth:`reconstruct`
+        (of this model, or of one with the same autoencoder and denoiser): anomaly map
+        ``(B, H, W)`` in [0, 1], pooled-max score ``(B,)``, x_r. Segmenters that share one
+        reconstruction pipeline (:meth:`segmenter_variant`) are compared on the same x_r."""
         logits = self.segmenter(self._segmenter_input(images, parts))
         amap = torch.sigmoid(logits.float())[:, 0]
         return Prediction(amap, pooled_max_score(amap, self.config.score_pool), parts.sample)
 
 
-
-__all__ = ["DiffAD", "PHASES"]
+__all__ = ["DiffAD", "PHASES", "SEGMENTER_SETTINGS"]

@@ -7,6 +7,8 @@ Detection with Diffusion Probabilistic Model", ICCV 2023 (DiffAD); the image sco
     c_noisy = sqrt(abar_t) c + sqrt(1 - abar_t) eps'      the noisy condition embedding
     z_inter = lambda c + (1 - lambda) z_r                 the interpolated latent
     score   = max avg_pool_k(M),  k = 21 at 256 px        the pooled-max image score
+
+and the two DDIM grids (dap's, and Latent Diffusion's uniform grid of the official code).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from dap.diffusion import NoiseSchedule
+from dap.config import ConfigError
+from dap.diffusion import NoiseSchedule, ddim_timesteps
 
 
 def noisy_condition(schedule: NoiseSchedule, condition: Tensor, noise: Tensor,
@@ -63,4 +66,26 @@ def pooled_max_score(anomaly_map: Tensor, pool: int) -> Tensor:
     return pooled.flatten(1).max(dim=1).values
 
 
-__all__ = ["noisy_condition", "interpolate_latents", "score_pool_size", "pooled_max_score"]
+def sampling_timesteps(num_train_timesteps: int, num_steps: int, grid: str = "dap") -> list[int]:
+    """The descending DDIM timesteps of DiffAD's sampler (the step after the last goes to z_0).
+
+    ``dap``: ``ddim_timesteps(T - 1, S)``, S steps evenly from T - 1 (999, 899, ..., 100 for
+    T = 1000, S = 10). ``ldm``: Latent Diffusion's uniform grid, which the official code samples
+    on (``make_ddim_timesteps``), t_k = k * (T // S) + 1 for k = S - 1, ..., 0 (901, 801, ...,
+    1). The official sampler's last step lands on abar_0 = 1 - beta_0 rather than on z_0; dap's
+    loop always ends on z_0.
+    """
+    T, S = num_train_timesteps, num_steps
+    if grid == "dap":
+        return ddim_timesteps(T - 1, S)
+    if grid != "ldm":
+        raise ConfigError(f"unknown DDIM grid {grid!r}; use 'dap' or 'ldm'")
+    if S < 1 or (S - 1) * (T // S) + 1 >= T:
+        raise ConfigError(f"the 'ldm' DDIM grid needs 1 <= S and (S - 1) * (T // S) + 1 < T; "
+                          f"got S = {S}, T = {T}")
+    # t_k = k * floor(T / S) + 1   (Latent Diffusion's "uniform" discretisation)
+    return [k * (T // S) + 1 for k in range(S - 1, -1, -1)]
+
+
+__all__ = ["noisy_condition", "interpolate_latents", "score_pool_size", "pooled_max_score",
+           "sampling_timesteps"]
