@@ -8,8 +8,8 @@ was copied, a lower one that it was repaired (:data:`PAPER_COPY_PSNR`, MVTec AD)
 
 The paper does not give its formula, and two readings differ by tens of dB::
 
-    region        MSE over the C |m| values inside the mask           PSNR_region
-    masked_image  MSE of x_r * m vs x * m over all C H W values        PSNR_region + 10 log10(H W / |m|)
+    region        MSE over the C |m| values inside the mask      PSNR_region
+    masked_image  MSE of x_r * m vs x * m over all C H W values   PSNR_region + 10 log10(H W / |m|)
 
 (the masked images agree outside the mask, so the whole-image MSE is the region's MSE times the
 mask fraction f = |m| / (H W)). At a 3 % mask the second reads 15.2 dB higher. dap reports both,

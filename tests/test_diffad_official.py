@@ -292,8 +292,8 @@ def test_interpolated_channels_ablation_runs_paired_arms(method):
         assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["pixel_ap"] <= 1.0
     diff = res.paired_differences()
     assert diff["image_auroc"].shape == (2,)
-    np.testing.assert_allclose(diff["pixel_ap"], [res.rows[0]["pixel_ap"] - res.rows[1]["pixel_ap"],
-                                                  res.rows[2]["pixel_ap"] - res.rows[3]["pixel_ap"]])
+    ap = [r["pixel_ap"] for r in res.rows]
+    np.testing.assert_allclose(diff["pixel_ap"], [ap[0] - ap[1], ap[2] - ap[3]])
     md = res.markdown()
     assert md.count("\n") == 5 and "difference 9 - 6" in md
     assert int(method.phase_step) == 4          # the source model is untouched

@@ -210,7 +210,7 @@ DENOISER: dict[str, DenoiserConfig] = {
     # paper: 32 x 32 x 4 latents; the official configs/mvtec.yaml unet_config (model_channels
     # 256, channel_mult 1 2 4, 2 res blocks, attention at down-sampling rates 4 2 1 = feature
     # maps 8, 16, 32 px, 32 channels per head, convolutional down/up-sampling): 257.7 M
-    # parameters, the same parameter shapes as the official UNetModel (tests/test_diffad.py).
+    # parameters, as many as the official UNetModel (tests/test_diffad_official.py).
     "paper": latent_denoiser_config(_AE["paper"], num_channels=256, channel_mult=(1, 2, 4),
                                     num_res_blocks=2, attention_resolutions=(32, 16, 8),
                                     num_head_channels=32, resblock_updown=False),

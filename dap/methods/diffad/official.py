@@ -19,8 +19,8 @@ DIFFERENCES: tuple[Difference, ...] = (
         "blocks, attention_resolutions 4, 2, 1 (down-sampling rates: attention on the 32, 16 "
         "and 8 px feature maps of the 32 x 32 x 4 latent), num_head_channels 32, convolutional "
         "down/up-sampling; in 8 = concat(z_t, c), out 4.",
-        "The paper preset is that network: the same parameter shapes (257.7 M parameters, "
-        "tests/test_diffad.py). The ci and cpu presets are small U-Nets (ci: 1.3 M).",
+        "The paper preset is that network: the same parameter shapes (257.7 M parameters; "
+        "tests/test_diffad_official.py). The ci and cpu presets are small U-Nets (ci: 1.3 M).",
         "Matches at the paper preset; the small presets fit a CPU.",
         "diffad_config('paper')"),
     Difference(
@@ -29,7 +29,8 @@ DIFFERENCES: tuple[Difference, ...] = (
         "in the middle block, 1 x 1 quant_conv and post_quant_conv; trained with dropout 0.5 "
         "(configs/kl.yaml).",
         "The paper preset has the same widths and 92 parameters fewer (no quant_conv and "
-        "post_quant_conv; q, k, v fused into one convolution; tests/test_diffad.py); no dropout. "
+        "post_quant_conv; q, k, v fused into one convolution; tests/test_diffad_official.py); "
+        "no dropout. "
         "The small presets down-sample 4 x (64 px -> 16 x 16 x 4 latents).",
         "The 1 x 1 convolutions are linear maps the encoder and decoder can absorb; 8 x "
         "down-sampling of a 64 px image leaves 8 x 8 latents, too coarse for small defects.",

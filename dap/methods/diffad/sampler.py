@@ -55,7 +55,8 @@ def sample_conditioned(denoiser: Callable[[Tensor, Tensor], Tensor], schedule: N
     in every mode.
     """
     if mode not in SAMPLE_CONDITIONS:
-        raise ConfigError(f"unknown sample_condition {mode!r}; use one of {list(SAMPLE_CONDITIONS)}")
+        raise ConfigError(f"unknown sample_condition {mode!r}; use one of "
+                          f"{list(SAMPLE_CONDITIONS)}")
     device, b = condition.device, condition.shape[0]
     shape = (1, *condition.shape[1:]) if shared_noise else tuple(condition.shape)
 
