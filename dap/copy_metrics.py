@@ -1,7 +1,7 @@
 """DiffAD's "direct copy" measure: how much of an anomaly the reconstruction keeps.
 
 A reconstruction-based detector fails when its reconstruction copies the defect instead of
-repairing it. DiffAD (Zhang et al., ICCV 2023, Sec. 4) measures this with a PSNR between the
+repairing it. DiffAD (Zhang et al., ICCV 2023) measures this with a PSNR between the
 reconstruction and the input on the ground-truth anomaly regions: a high PSNR means the defect
 was copied, a lower one that it was repaired (:data:`PAPER_COPY_PSNR`, MVTec AD). Taught in
 ``notebooks/09_latent_diffusion``.

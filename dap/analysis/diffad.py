@@ -1,6 +1,6 @@
 """DiffAD's interpolated channels, ablated on one frozen reconstruction pipeline.
 
-Paper: DiffAD (Zhang et al., ICCV 2023), Sec. 3: the segmenter sees concat(x_r, x_inter, x) with
+Paper: DiffAD (Zhang et al., ICCV 2023): the segmenter sees concat(x_r, x_inter, x) with
 x_inter = D(0.5 c + 0.5 z_r); the ablation removes x_inter (concat(x_r, x), 6 channels).
 Retraining the whole model for each arm would change the autoencoder and the denoiser too, so
 their effect would mix with the channels'. Here both arms share *one* trained autoencoder and

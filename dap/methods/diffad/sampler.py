@@ -1,8 +1,8 @@
 """DiffAD's conditioned latent sampler: DDIM from pure noise, conditioned on the input's latent.
 
 Paper: X. Zhang et al., "Unsupervised Surface Anomaly Detection with Diffusion Probabilistic
-Model", ICCV 2023 (DiffAD), Sec. 3 (reconstruction by sampling from z_T ~ N(0, I) conditioned
-on c = E(x)); DDIM (Song et al., ICLR 2021, eq. 12) through dap's one
+Model", ICCV 2023 (DiffAD): reconstruction by sampling from z_T ~ N(0, I) conditioned
+on c = E(x); DDIM (Song et al., ICLR 2021, eq. 12) through dap's one
 :func:`~dap.diffusion.denoise_loop`. Taught in ``notebooks/09_latent_diffusion``.
 
 The three conditions of the sampler (``DiffADConfig.sample_condition``), at DDIM step t::
