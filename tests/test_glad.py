@@ -12,8 +12,10 @@ from dap.engine.checkpoint import method_from_checkpoint
 from dap.methods import build_method
 from dap.methods.base import Reconstruction, TrainBatch, ValidationSet, gaussian_blur
 from dap.methods.glad import (GLAD, GLADConfig, adaptive_denoise, atp_blend, atp_noise_target,
-                              flipped_atp_noise_target, glad_config, patch_discrepancy,
-                              saff_blend, saff_mask, stopping_rule)
+                              flipped_atp_noise_target, glad_config, leading_timesteps,
+                              official_map_settings, patch_discrepancy, saff_blend, saff_mask,
+                              sigmoid_saff_mask, stopping_rule)
+from dap.methods.glad.calibration import stop_thresholds
 
 T = 1000
 
@@ -326,6 +328,12 @@ def test_after_training_calibrates_on_the_validation_set_only():
     {"smoothing_sigma": -1.0},
     {"after_stop": "later"},
     {"adaptive_steps": True},                  # unknown key
+    {"timestep_spacing": "trailing"},
+    {"saff_mask": "hard"},
+    {"smoothing_truncate": 0.0},
+    {"stop_at_first_step": True},              # needs the leading grid
+    {"timestep_spacing": "leading", "t_start": 15, "num_inference_steps": 10},
+    {"map_preset": "paper"},
 ])
 def test_config_errors(bad):
     with pytest.raises(ConfigError):

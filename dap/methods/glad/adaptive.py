@@ -3,9 +3,9 @@
 Paper: GLAD (Yao et al., ECCV 2024), the adaptive denoising step and SAFF. Taught in
 ``notebooks/08_adaptive_diffusion``.
 
-The input x is noised to ``timesteps[0]`` with eps0 (DiffusionAD eq. 1) and denoised by
-:func:`dap.diffusion.denoise_loop` (DDIM, eta = 0). Its x0 hook, at every step t, for the samples
-still deciding:
+The input x is noised to ``start_t`` (default ``timesteps[0]``) with eps0 (DiffusionAD eq. 1)
+and denoised by :func:`dap.diffusion.denoise_loop` (DDIM, eta = 0) along ``timesteps``. Its x0
+hook, at every step t, for the samples still deciding:
 
     x0_r = x0_hat(x_t)                                       the trajectory's estimate (eq. 6)
     x0_i = x0_hat(sqrt(abar_t) x + sqrt(1 - abar_t) eps0)    the input's own, same network eps
@@ -15,8 +15,13 @@ still deciding:
 
 A stopped sample's x0 is its reconstruction (``after_stop="freeze"``, no further network
 evaluations) or it keeps denoising from that x0 to t = 0 (``"continue"``, the official flow).
-DDIM steps along the network's raw eps with the clamped x0 (``use_clipped_model_output=False``),
-as GLAD's code does.
+DDIM steps along the network's raw eps (``use_clipped_model_output=False``), as the official
+code does; dap clamps pixel-space x0 estimates to [-1, 1] by default (``clip_sample``), the
+official code clamps nothing (its x0 are SD latents).
+
+:func:`leading_timesteps` is the official code's grid (diffusers' "leading" spacing over
+[0, t_start), steps_offset 1): its first step lies below ``start_t``, so x0_i and x0_r differ
+from the first step on and a stop can be tested there (``test_first_step``).
 """
 
 from __future__ import annotations
@@ -43,8 +48,27 @@ class AdaptiveOutput(NamedTuple):
 
 #: ``(x0_i, x0_r) -> (D (n, h, w), score (n,))`` for the samples still deciding
 Discrepancy = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-#: ``(x0_r, x0_i, D, k) -> x0`` for the samples stopping at step index k (SAFF)
-Fuse = Callable[[Tensor, Tensor, Tensor, int], Tensor]
+#: ``(x0_r, x0_i, D, k, passed) -> x0`` for the samples stopping at step index k (SAFF);
+#: ``passed`` ``(n,)`` bool: the score passed the threshold (False: stopped by ``min_step``)
+Fuse = Callable[[Tensor, Tensor, Tensor, int, Tensor], Tensor]
+
+
+def leading_timesteps(t_start: int, num_inference_steps: int, steps_offset: int = 1
+                      ) -> list[int]:
+    """The official GLAD grid: diffusers' DDIM "leading" spacing with ``num_train_timesteps``
+    set to ``t_start`` (the official code overwrites it so), descending.
+
+    step = t_start // K;  timesteps = (K - 1) step, ..., step, 0, each + ``steps_offset``.
+    ``t_start = 750``, K = 25: 721, 691, ..., 31, 1 (Stable Diffusion v1's scheduler config
+    has steps_offset 1). Checked against ``diffusers.DDIMScheduler.set_timesteps``.
+    """
+    k = num_inference_steps
+    if k < 1 or t_start // k < 1:
+        raise ValueError(f"leading spacing needs 1 <= num_inference_steps <= t_start, got "
+                         f"{k} steps below {t_start}")
+    step = t_start // k
+    # t_i = (K - 1 - i) * (t_start // K) + steps_offset
+    return [(k - 1 - i) * step + steps_offset for i in range(k)]
 
 
 @torch.no_grad()
@@ -53,7 +77,8 @@ def adaptive_denoise(model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseS
                      thresholds: Tensor | None = None, min_step: int = 0,
                      fuse: Fuse | None = None, after_stop: AfterStop = "freeze",
                      noise: Tensor | None = None, generator: torch.Generator | None = None,
-                     clip_sample: bool = False) -> AdaptiveOutput:
+                     clip_sample: bool = False, start_t: int | None = None,
+                     test_first_step: bool = False) -> AdaptiveOutput:
     """GLAD's global adaptivity: DDIM from ``timesteps[0]`` with a per-sample stop.
 
     Parameters
@@ -63,9 +88,13 @@ def adaptive_denoise(model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseS
     timesteps : descending DDIM timesteps (the step after the last goes to x_0)
     discrepancy : ``(x0_i, x0_r) -> (D (n, h, w), score (n,))`` for the still-deciding samples
     thresholds : ``(K,)`` per-step thresholds; None or NaN = stop only at ``min_step``
-    fuse : ``(x0_r, x0_i, D, k) -> x0`` at the stop (SAFF); None keeps x0_r
+    fuse : ``(x0_r, x0_i, D, k, passed) -> x0`` at the stop (SAFF); None keeps x0_r
     after_stop : ``freeze`` (the stop's x0 is the result) or ``continue`` (DDIM to t = 0)
     noise : eps0 ``(B, C, H, W)``; drawn from ``generator`` when omitted
+    start_t : the step the input is noised to (default ``timesteps[0]``; the official grid
+        starts below it, :func:`leading_timesteps`)
+    test_first_step : test the stop at the first step too (skipped by default: with
+        ``start_t = timesteps[0]`` x0_i = x0_r there by construction)
 
     Only the samples still running go through the network (a boolean mask, no Python loop over
     samples). Every sample stops by the last step. Returns :class:`AdaptiveOutput`.
@@ -91,23 +120,26 @@ def adaptive_denoise(model: Callable[[Tensor, Tensor], Tensor], schedule: NoiseS
             return x0, stop
         d_map, score = discrepancy(x0_in[check], x0[check])
         scores[idx[check], step.k] = score.float()
-        # at the first step x0_i = x0_r by construction (same x_t, same eps): no test there
-        thr = float("nan") if thresholds is None or step.k == 0 else thresholds[step.k]
+        # with start_t = timesteps[0], x0_i = x0_r at the first step (same x_t, same eps)
+        skip = thresholds is None or (step.k == 0 and not test_first_step)
+        thr = float("nan") if skip else thresholds[step.k]
         hit = stopping_rule(score, thr, step.t, min_step, last=step.k == K - 1)
         if hit.any():
             pos = check.nonzero().squeeze(1)[hit]                # positions within idx
-            x0_stop = x0[pos] if fuse is None else fuse(x0[pos], x0_in[pos], d_map[hit], step.k)
+            passed = (score > thr)[hit]                          # False: stopped by min_step
+            x0_stop = x0[pos] if fuse is None else \
+                fuse(x0[pos], x0_in[pos], d_map[hit], step.k, passed)
             x0 = x0.clone()
             x0[pos] = x0_stop.to(x0.dtype)
             input_x0[idx[pos]] = x0_in[pos]
             stop[pos] = True
         return x0, stop
 
-    x_t = schedule.add_noise(images, noise, timesteps[0])
+    x_t = schedule.add_noise(images, noise, timesteps[0] if start_t is None else start_t)
     out = denoise_loop(model, schedule, x_t, list(timesteps), sampler="ddim", eta=0.0,
                        clip_sample=clip_sample, use_clipped_model_output=False,
                        x0_hook=score_stop_fuse, after_stop=after_stop)
     return AdaptiveOutput(out.sample, out.stop_step, input_x0, scores, list(timesteps))
 
 
-__all__ = ["AdaptiveOutput", "Discrepancy", "Fuse", "adaptive_denoise"]
+__all__ = ["AdaptiveOutput", "Discrepancy", "Fuse", "leading_timesteps", "adaptive_denoise"]

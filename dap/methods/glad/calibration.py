@@ -34,8 +34,8 @@ def normal_validation_images(val_images: Tensor, val_labels: Tensor | None = Non
     return normal
 
 
-def stop_thresholds(scores: Tensor, timesteps: list[int], min_step: int, quantile: float
-                    ) -> tuple[float, Tensor, Tensor]:
+def stop_thresholds(scores: Tensor, timesteps: list[int], min_step: int, quantile: float,
+                    first: int = 1) -> tuple[float, Tensor, Tensor]:
     """Per-step thresholds from the discrepancy scores of normal images run without early stops.
 
     scores : ``(N, K)`` score s_k of each image at each step (NaN after its stop). Returns
@@ -43,13 +43,13 @@ def stop_thresholds(scores: Tensor, timesteps: list[int], min_step: int, quantil
 
         rho_k = median_n s_nk,   threshold_k = lambda rho_k,
 
-    lambda the ``quantile`` of max_k s_nk / rho_k over the steps where a stop is tested (after
-    the first, before ``min_step``): that fraction of the images never stops early. lambda = 1
-    when no step is tested.
+    lambda the ``quantile`` of max_k s_nk / rho_k over the steps where a stop is tested (from
+    index ``first``, 1 unless the first step is tested too; before ``min_step``): that fraction
+    of the images never stops early. lambda = 1 when no step is tested.
     """
     seen = torch.isfinite(scores).all(dim=0)                          # steps up to the stop
     rho = scores[:, seen].median(dim=0).values.clamp_min(1e-12)       # (K_seen,)
-    tested = [k for k in range(1, int(seen.sum())) if timesteps[k] > min_step]
+    tested = [k for k in range(first, int(seen.sum())) if timesteps[k] > min_step]
     lam = 1.0
     if tested:
         ratio = (scores[:, tested] / rho[tested]).amax(dim=1)         # (N,)

@@ -23,12 +23,12 @@ from dap.diffusion import NoiseSchedule, ddim_timesteps
 from dap.features import denoiser_features
 from dap.methods.base import (AnomalyMethod, Prediction, Reconstruction, TrainBatch,
                               ValidationSet, gaussian_blur, top_k_mean)
-from dap.methods.glad.adaptive import adaptive_denoise
+from dap.methods.glad.adaptive import adaptive_denoise, leading_timesteps
 from dap.methods.glad.calibration import (calibration_summary, normal_validation_images,
                                           stop_thresholds)
 from dap.methods.glad.config import GLADConfig
 from dap.methods.glad.ops import (atp_blend, atp_noise_target, patch_discrepancy, saff_blend,
-                                  saff_mask)
+                                  saff_mask, sigmoid_saff_mask)
 from dap.models.denoiser import DenoiserUNet
 from dap.synthesis import AnomalySynthesizer
 
@@ -64,8 +64,21 @@ class GLAD(AnomalyMethod):
 
     @property
     def timesteps(self) -> list[int]:
-        """The DDIM timesteps from ``t_start`` (descending)."""
-        return ddim_timesteps(self.config.t_start, self.config.num_inference_steps)
+        """The descending DDIM timesteps below ``t_start`` (``timestep_spacing``: ``even`` starts
+        at t_start itself, ``leading`` is the official grid below it)."""
+        c = self.config
+        if c.timestep_spacing == "leading":
+            return leading_timesteps(c.t_start, c.num_inference_steps)
+        return ddim_timesteps(c.t_start, c.num_inference_steps)
+
+    def _denoise(self, images: Tensor, discrepancy, thresholds: Tensor | None, fuse,
+                 after_stop: str, generator: torch.Generator | None = None):
+        """:func:`~dap.methods.glad.adaptive.adaptive_denoise` with this model's settings."""
+        c = self.config
+        return adaptive_denoise(self.denoiser, self.schedule_on(images.device), images,
+                                self.timesteps, discrepancy, thresholds, c.min_step, fuse,
+                                after_stop, generator=generator, clip_sample=c.clip_sample,
+                                start_t=c.t_start, test_first_step=c.stop_at_first_step)
 
     # -- training (ATP) ------------------------------------------------------------------------
     def forward(self, batch: TrainBatch, generator: torch.Generator | None = None
@@ -140,7 +153,7 @@ class GLAD(AnomalyMethod):
                               "call method.fit_thresholds(val_images) again")
         if not self._warned and (self.config.adaptive or self.config.saff):
             warnings.warn("GLAD is not calibrated: every sample stops at min_step and SAFF "
-                          "masks are min-max normalised per image. Call "
+                          "masks are min-max normalised per image (saff_mask='calibrated'). Call "
                           "method.fit_thresholds(val_images) with validation images.", stacklevel=3)
             self._warned = True
         return None
@@ -156,20 +169,23 @@ class GLAD(AnomalyMethod):
         ``(B, K)`` (the discrepancy score at each of :attr:`timesteps`, NaN after the stop).
         """
         c = self.config
-        schedule = self.schedule_on(images.device)
         generator = self.inference_generator(images.device, generator)
         thr = self._thresholds()
         stop_thr = thr if c.adaptive and thr is not None else None
+        sigma = c.smoothing_sigma if c.saff_blur else 0.0
 
-        def fuse(x0_r: Tensor, x0_i: Tensor, d: Tensor, k: int) -> Tensor:
-            lo, hi = (float("nan"),) * 2 if thr is None else (self.patch_means[k], thr[k])
-            m = saff_mask(d, lo, hi, images.shape[-1], c.smoothing_sigma)
+        def fuse(x0_r: Tensor, x0_i: Tensor, d: Tensor, k: int, passed: Tensor) -> Tensor:
+            if c.saff_mask == "sigmoid":
+                # official: sigmoid(D) where the score passed; x0_i whole at a min-step stop
+                m = sigmoid_saff_mask(d, images.shape[-1], sigma, c.smoothing_truncate)
+                m = m * passed.reshape(-1, 1, 1, 1).to(m.dtype)
+            else:
+                lo, hi = (float("nan"),) * 2 if thr is None else (self.patch_means[k], thr[k])
+                m = saff_mask(d, lo, hi, images.shape[-1], sigma, c.smoothing_truncate)
             return saff_blend(x0_r, x0_i, m.to(x0_r.dtype))
 
-        out = adaptive_denoise(self.denoiser, schedule, images, self.timesteps,
-                               self.discrepancy, stop_thr, c.min_step,
-                               fuse if c.saff else None, c.after_stop, generator=generator,
-                               clip_sample=c.clip_sample)
+        out = self._denoise(images, self.discrepancy, stop_thr, fuse if c.saff else None,
+                            c.after_stop, generator)
         return Reconstruction(out.reconstruction, {"stop_step": out.stop_step,
                                                    "input_x0": out.input_x0,
                                                    "scores": out.scores})
@@ -188,7 +204,7 @@ class GLAD(AnomalyMethod):
         terms = self.map_terms(images, reconstruction)
         s_f, s_p = self.map_scale
         amap = c.feature_weight * terms["feature"] / s_f + c.pixel_weight * terms["pixel"] / s_p
-        return gaussian_blur(amap, c.smoothing_sigma, truncate=3.0)
+        return gaussian_blur(amap, c.smoothing_sigma, truncate=c.smoothing_truncate)
 
     @torch.no_grad()
     def predict(self, images: Tensor, generator: torch.Generator | None = None) -> Prediction:
@@ -225,7 +241,8 @@ class GLAD(AnomalyMethod):
            mean patch discrepancy (SAFF's lower level);
         2. threshold_k = lambda rho_k, with lambda the ``threshold_quantile`` quantile of each
            image's max_k s_k / rho_k over the steps where a stop is tested (after the first,
-           before min_step): that fraction of normal images never stops early
+           or from the first with ``stop_at_first_step``; before min_step): that fraction of
+           normal images never stops early
            (:func:`~dap.methods.glad.calibration.stop_thresholds`);
         3. predict them with those thresholds; the mean feature and pixel terms over their
            pixels divide the two anomaly-map terms from then on.
@@ -252,15 +269,13 @@ class GLAD(AnomalyMethod):
                 return d, score
 
             # the same eps0 as predict() draws for the same batch
-            out = adaptive_denoise(self.denoiser, self.schedule_on(device),
-                                   normal[i:i + batch_size].to(device), steps, discrepancy,
-                                   None, c.min_step, None, "freeze",
-                                   generator=self.inference_generator(device),
-                                   clip_sample=c.clip_sample)
+            out = self._denoise(normal[i:i + batch_size].to(device), discrepancy, None, None,
+                                "freeze", self.inference_generator(device))
             scores.append(out.scores)
             means.append(torch.stack(step_means, dim=1))                  # (n, K_seen)
         lam, seen, thresholds = stop_thresholds(torch.cat(scores), steps, c.min_step,
-                                                c.threshold_quantile)
+                                                c.threshold_quantile,
+                                                first=0 if c.stop_at_first_step else 1)
         self.thresholds[seen] = thresholds
         self.patch_means[seen] = torch.cat(means).mean(dim=0)
         feat_sum = pix_sum = 0.0

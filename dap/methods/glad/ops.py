@@ -98,18 +98,24 @@ def stopping_rule(score: Tensor, threshold: float | Tensor, t: int, min_step: in
 # --------------------------------------------------------------------------------------------
 # SAFF
 # --------------------------------------------------------------------------------------------
+def _upsampled(discrepancy: Tensor, size: int, sigma: float, truncate: float) -> Tensor:
+    """D ``(B, h, w)`` -> ``(B, 1, size, size)``: bilinear upsampling, then a Gaussian blur
+    (``sigma <= 0``: none)."""
+    d = F.interpolate(discrepancy[:, None].float(), size=(size, size), mode="bilinear",
+                      align_corners=False)
+    return gaussian_blur(d, sigma, truncate=truncate)
+
+
 def saff_mask(discrepancy: Tensor, low: float | Tensor, high: float | Tensor, size: int,
-              sigma: float) -> Tensor:
+              sigma: float, truncate: float = 3.0) -> Tensor:
     """GLAD, SAFF's spatial mask (dap's form) ``(B, 1, size, size)`` in [0, 1] from a
     ``(B, h, w)`` discrepancy: m = clip((blur(up(D)) - low) / (high - low), 0, 1).
 
     0 up to ``low`` (a typical normal patch), 1 from ``high`` (the stop threshold) on. With a NaN
-    level (uncalibrated) each map is min-max normalised instead. The official mask is
-    sigmoid(D) (see the package docstring).
+    level (uncalibrated) each map is min-max normalised instead. ``sigma <= 0``: no blur. The
+    official mask is :func:`sigmoid_saff_mask`.
     """
-    d = F.interpolate(discrepancy[:, None].float(), size=(size, size), mode="bilinear",
-                      align_corners=False)
-    d = gaussian_blur(d, sigma, truncate=3.0)
+    d = _upsampled(discrepancy, size, sigma, truncate)
     lo = torch.as_tensor(low, dtype=d.dtype, device=d.device)
     hi = torch.as_tensor(high, dtype=d.dtype, device=d.device)
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
@@ -119,6 +125,18 @@ def saff_mask(discrepancy: Tensor, low: float | Tensor, high: float | Tensor, si
     return ((d - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
 
 
+def sigmoid_saff_mask(discrepancy: Tensor, size: int, sigma: float = 0.0,
+                      truncate: float = 4.0) -> Tensor:
+    """GLAD, SAFF's mask as the official code forms it: m = sigmoid(D), ``(B, 1, size, size)``.
+
+    D = 1 - cos lies in [0, 2], so m lies in [0.5, sigmoid(2)]: every pixel takes at least half
+    of the reconstruction. The official mask is neither upsampled nor blurred (D's grid is the
+    latent grid there); dap upsamples D bilinearly to the image and blurs only if ``sigma > 0``.
+    """
+    # m = 1 / (1 + exp(-D))
+    return torch.sigmoid(_upsampled(discrepancy, size, sigma, truncate))
+
+
 def saff_blend(reconstruction: Tensor, input_x0: Tensor, mask: Tensor) -> Tensor:
     """GLAD, SAFF: x0 = m x0_r + (1 - m) x0_i (mask 1: the reconstruction, 0: the input's x0)."""
     # x0 = m * x0_r + (1 - m) * x0_i
@@ -126,4 +144,4 @@ def saff_blend(reconstruction: Tensor, input_x0: Tensor, mask: Tensor) -> Tensor
 
 
 __all__ = ["atp_blend", "atp_noise_target", "flipped_atp_noise_target", "patch_discrepancy",
-           "stopping_rule", "saff_mask", "saff_blend"]
+           "stopping_rule", "saff_mask", "sigmoid_saff_mask", "saff_blend"]
