@@ -178,7 +178,7 @@ class DiffusionConfig:
     """
 
     num_train_timesteps: int = 1000
-    beta_schedule: typing.Literal["linear", "cosine"] = "linear"
+    beta_schedule: typing.Literal["linear", "scaled_linear", "cosine"] = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
