@@ -10,7 +10,7 @@ from dap.features import (WRN50_2_URL, DenoiserFeatures, WideResNetFeatures, fea
                           load_wide_resnet50_2, wide_resnet50_2)
 from dap.methods import build_method
 from dap.methods.base import Reconstruction, TrainBatch, gaussian_blur
-from dap.methods.ddad import DDAD, conditioned_reconstruct, ddad_config
+from dap.methods.ddad import DDAD, conditioned_reconstruct, crop_score, ddad_config
 
 # few DDIM steps keep the tests fast; nothing tested here depends on their number
 FAST = {"ddim_steps": 2, "t_start": 50}
@@ -78,26 +78,28 @@ def test_guidance_shares_norm_guidance_form():
     torch.testing.assert_close(conditioned_guidance(s, x_t, eps, y, t, 0.0), eps)
 
 
+@pytest.mark.parametrize("grid", ["official", "dap"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("shared", [False, True])
-def test_oracle_reconstruction_is_the_clean_image(eta, shared):
+def test_oracle_reconstruction_is_the_clean_image(eta, shared, grid):
     s = NoiseSchedule()
     x0 = _images(3, 16)
     out = conditioned_reconstruct(Oracle(s, x0), s, x0, t_start=250, num_inference_steps=10,
                                   w=2.0, eta=eta, generator=torch.Generator().manual_seed(0),
-                                  shared_noise=shared)
+                                  shared_noise=shared, grid=grid)
     assert out.num_model_evals == 10
     torch.testing.assert_close(out.sample, x0, atol=1e-4, rtol=1e-4)
 
 
 def test_zero_weight_is_plain_ddim():
+    """w = 0 on dap's grid (250, ..., 25 style) is DDIM from the noised input."""
     s = NoiseSchedule()
     m = _random_model()
     x = _images(2)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ours = conditioned_reconstruct(m.denoiser, s, x, t_start=100, num_inference_steps=4, w=0.0,
-                                       eta=0.0, noise=noise).sample
+                                       eta=0.0, noise=noise, grid="dap").sample
         ddim = reconstruct(m.denoiser, s, x, 100, "ddim", num_inference_steps=4, eta=0.0,
                            noise=noise).sample
     torch.testing.assert_close(ours, ddim, atol=1e-5, rtol=1e-5)
@@ -151,7 +153,11 @@ def test_predict_shapes_and_score_is_max():
     assert pred.anomaly_map.shape == (2, 64, 64) and pred.score.shape == (2,)
     assert pred.reconstruction.shape == (2, 3, 64, 64)
     assert float(pred.anomaly_map.min()) >= 0
-    torch.testing.assert_close(pred.score, pred.anomaly_map.amax(dim=(1, 2)))
+    # the official score: the max of the central 224/256 (56 of 64 px)
+    torch.testing.assert_close(pred.score, pred.anomaly_map[:, 4:60, 4:60].amax(dim=(1, 2)))
+    torch.testing.assert_close(pred.score, crop_score(pred.anomaly_map, 224 / 256))
+    with m.using(score_crop=1.0):
+        torch.testing.assert_close(m.predict(_images(2)).score, pred.anomaly_map.amax(dim=(1, 2)))
     torch.testing.assert_close(m.predict(_images(2)).score, pred.score)  # deterministic
     rec = m.reconstruct(_images(2))
     assert isinstance(rec, Reconstruction) and rec.sample.shape == (2, 3, 64, 64)
@@ -184,7 +190,7 @@ def test_map_combines_feature_and_weighted_pixel_distance():
     rec = m.reconstruct(x).sample
     terms = m.map_terms(x, rec)
     p = (rec - x).abs().mean(1)
-    f = feature_distance(m.features(rec), m.features(x), (64, 64), 3)
+    f = feature_distance(m.features(rec), m.features(x), (64, 64), 3, align_corners=True)
     assert set(terms) == {"feature", "pixel"}
     torch.testing.assert_close(terms["pixel"], p)
     torch.testing.assert_close(terms["feature"], f)

@@ -7,7 +7,8 @@ Paper: Mousakhan, Brox, Tayyub, "Anomaly Detection with Conditioned Denoising Di
 * **Reconstruction** (Sec. 3.2): :func:`dap.methods.ddad.ops.conditioned_reconstruct` with the
   batch-shared, seeded noise (:meth:`DDAD.reconstruct`).
 * **Map** (Sec. 3.3): :meth:`DDAD.map_terms` (feature and pixel distances) and
-  :meth:`DDAD.anomaly_map` (their blurred combination); image score = max.
+  :meth:`DDAD.anomaly_map` (their blurred combination); image score = max of its centre
+  (``score_crop``).
 * **After training**: domain adaptation (Sec. 3.4, :func:`dap.methods.ddad.adaptation.adapt`)
   and the batch-independent calibration (:meth:`DDAD.calibrate`).
 """
@@ -15,7 +16,6 @@ Paper: Mousakhan, Brox, Tayyub, "Anomaly Detection with Conditioned Denoising Di
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dap.config import from_dict
@@ -25,9 +25,9 @@ from dap.features import (DenoiserFeatures, WideResNetFeatures, denoiser_feature
 from dap.methods.base import (AnomalyMethod, Prediction, Reconstruction, TrainBatch,
                               ValidationSet)
 from dap.methods.ddad.adaptation import adapt
-from dap.methods.ddad.config import DDADConfig
+from dap.methods.ddad.config import ADAM_EPS, DDADConfig
 from dap.methods.ddad.ops import (as_model_images, combine_map, conditioned_reconstruct,
-                                  per_image_scale, pixel_distance)
+                                  crop_score, per_image_scale, pixel_distance)
 from dap.models.denoiser import DenoiserUNet
 from dap.synthesis import AnomalySynthesizer
 
@@ -36,9 +36,9 @@ class DDAD(AnomalyMethod):
     """The DDAD detector: a denoiser, a feature extractor (and its adapted copy), a schedule.
 
     ``forward(batch, generator)`` is the plain noise loss on normal images; ``predict(images)``
-    returns the blurred feature + pixel map, its max as image score and the conditioned
-    reconstruction. After training, :meth:`after_training` runs the domain adaptation (when
-    ``domain_adaptation_steps`` > 0) and the batch-independent calibration.
+    returns the blurred feature + pixel map, the max of its centre as image score and the
+    conditioned reconstruction. After training, :meth:`after_training` runs the domain
+    adaptation (when ``domain_adaptation_steps`` > 0) and the batch-independent calibration.
 
     Parameters
     ----------
@@ -56,11 +56,11 @@ class DDAD(AnomalyMethod):
         self.schedule = NoiseSchedule.from_config(c.diffusion)
         self.synthesizer = AnomalySynthesizer(c.synthesis)
         self.extractor: WideResNetFeatures | None = None
-        if c.extractor == "wide_resnet50_2":
+        if c.extractor != "denoiser":
             if load_weights and c.extractor_weights is None:
-                raise FileNotFoundError(missing_weights_message(None))
+                raise FileNotFoundError(missing_weights_message(None, c.extractor))
             self.extractor = WideResNetFeatures(c.extractor_weights if load_weights else None,
-                                                c.extractor_levels, c.wrn_base_width)
+                                                c.all_levels, c.wrn_base_width, c.extractor)
             self.extractor.requires_grad_(False).eval()
         self.adapted_extractor: nn.Module | None = None
         if c.domain_adaptation_steps > 0:
@@ -77,25 +77,34 @@ class DDAD(AnomalyMethod):
         return cls(from_dict(DDADConfig, d), load_weights=False)
 
     def param_groups(self, lr: float = 1e-4, lr_segmenter: float | None = None) -> list[dict]:
-        """Only the denoiser is trained by the training loop (extractors: :meth:`adapt`)."""
-        return [{"params": list(self.denoiser.parameters()), "lr": lr, "name": "denoiser"}]
+        """Only the denoiser is trained by the training loop (extractors: :meth:`adapt`).
+
+        Its group carries Adam's coupled decay and eps for this config's loss: the official
+        ``weight_decay`` (0.05, for the summed loss) and 1e-8, both divided by
+        :attr:`DDADConfig.loss_scale` (3 H W for the mean loss), so Adam takes the official
+        steps whatever the reduction. They replace ``TrainConfig.weight_decay``.
+        """
+        c = self.config
+        return [{"params": list(self.denoiser.parameters()), "lr": lr, "name": "denoiser",
+                 # Adam(L / k, wd / k, eps / k) = Adam(L, wd, eps), k = loss_scale
+                 "weight_decay": c.weight_decay / c.loss_scale, "eps": ADAM_EPS / c.loss_scale}]
 
     def new_extractor(self) -> nn.Module:
         """A fresh, frozen extractor of the configured kind (the adapted copy starts as one)."""
         c = self.config
-        if c.extractor == "wide_resnet50_2":
-            ext: nn.Module = WideResNetFeatures(None, c.extractor_levels, c.wrn_base_width)
+        if c.extractor != "denoiser":
+            ext: nn.Module = WideResNetFeatures(None, c.all_levels, c.wrn_base_width, c.extractor)
         else:
-            ext = DenoiserFeatures(c.denoiser, c.feature_t, c.extractor_levels)
+            ext = DenoiserFeatures(c.denoiser, c.feature_t, c.all_levels)
         return ext.requires_grad_(False).eval()
 
     @property
     def extractor_name(self) -> str:
         """Which network produced the feature maps (written into benchmark tables)."""
         c = self.config
-        if c.extractor == "wide_resnet50_2":
-            name = "wide_resnet50_2(ImageNet)" if c.extractor_weights else \
-                "wide_resnet50_2(random weights)"
+        if c.extractor != "denoiser":
+            name = f"{c.extractor}(ImageNet)" if c.extractor_weights else \
+                f"{c.extractor}(random weights)"
             return name if c.wrn_base_width == 64 else f"{name}[width {c.wrn_base_width}]"
         return f"denoiser-encoder(t={c.feature_t})"
 
@@ -116,8 +125,10 @@ class DDAD(AnomalyMethod):
                 ) -> dict[str, Tensor]:
         """The DDPM noise loss on normal images (DDAD Sec. 3.1).
 
-        t ~ U[0, T) per sample, x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps (eq. 1),
-        L = mean ||eps - eps_theta(x_t, t)||^2 (the official code sums over pixels instead).
+        t ~ U[0, T) per sample, x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps (eq. 1), and
+        L = ||eps - eps_theta(x_t, t)||^2 per image, its mean over C x H x W
+        (``loss_reduction="mean"``) or its sum (``"sum"``, the official code), averaged over
+        the batch. :meth:`param_groups` scales Adam's decay and eps to match.
         """
         x = batch.images
         schedule = self.schedule_on(x.device)
@@ -125,7 +136,9 @@ class DDAD(AnomalyMethod):
         t = torch.randint(0, T, (x.shape[0],), generator=generator, device=x.device)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         eps = self.denoiser(schedule.add_noise(x, noise, t), t)
-        loss = F.mse_loss(eps.float(), noise.float())
+        # L = mean_b sum_{c,h,w} (eps - eps_theta)^2   (or the mean over b, c, h, w)
+        sq = (eps.float() - noise.float()).square()
+        loss = sq.sum(dim=(1, 2, 3)).mean() if self.config.loss_reduction == "sum" else sq.mean()
         return {"loss": loss, "loss_noise": loss.detach()}
 
     # -- inference -----------------------------------------------------------------------------
@@ -143,20 +156,26 @@ class DDAD(AnomalyMethod):
         out = conditioned_reconstruct(
             self.denoiser, self.schedule_on(images.device), images, None, c.t_start,
             c.ddim_steps, c.w, c.eta, generator=self.inference_generator(images.device, generator),
-            shared_noise=True, clip_sample=c.clip_sample)
+            shared_noise=True, clip_sample=c.clip_sample, grid=c.grid)
         return Reconstruction(out.sample)
 
-    def features(self, x: Tensor, adapted: bool = False) -> list[Tensor]:
-        """The compared pyramid levels of ``x`` ``(B, 3, H, W)`` in [-1, 1]: frozen or adapted."""
+    def features(self, x: Tensor, adapted: bool = False,
+                 levels: tuple[int, ...] | None = None) -> list[Tensor]:
+        """Pyramid ``levels`` (default: the map's ``extractor_levels``) of ``x`` ``(B, 3, H, W)``
+        in [-1, 1], from the frozen or the adapted extractor."""
         c = self.config
-        if adapted:
-            if self.adapted_extractor is None:
+        levels = tuple(c.extractor_levels if levels is None else levels)
+        if adapted or self.extractor is not None:
+            ext = self.adapted_extractor if adapted else self.extractor
+            if ext is None:
                 raise RuntimeError("this model has no adapted extractor "
                                    "(domain_adaptation_steps = 0)")
-            return self.adapted_extractor(x)
-        if self.extractor is not None:
-            return self.extractor(x)
-        return denoiser_features(self.denoiser, x, c.feature_t, c.extractor_levels)
+            built = tuple(ext.levels)
+            if not set(levels) <= set(built):
+                raise ValueError(f"levels {levels} are not all among the extractor's {built}")
+            out = ext(x)
+            return [out[built.index(i)] for i in levels]
+        return denoiser_features(self.denoiser, x, c.feature_t, levels)
 
     @torch.no_grad()
     def map_terms(self, images: Tensor, reconstruction: Tensor | Reconstruction
@@ -173,7 +192,8 @@ class DDAD(AnomalyMethod):
         size = images.shape[-2:]
         p = pixel_distance(rec, images)
         f = feature_distance(self.features(rec, adapted), self.features(images, adapted),
-                             (int(size[0]), int(size[1])), self.config.feature_pool)
+                             (int(size[0]), int(size[1])), self.config.feature_pool,
+                             self.config.align_corners)
         return {"feature": f, "pixel": p}
 
     @torch.no_grad()
@@ -198,10 +218,11 @@ class DDAD(AnomalyMethod):
 
     @torch.no_grad()
     def predict(self, images: Tensor, generator: torch.Generator | None = None) -> Prediction:
-        """Anomaly map (B, H, W) >= 0, max image score (B,), reconstruction (B, 3, H, W)."""
+        """Anomaly map (B, H, W) >= 0, image score (B,) = the max of the map's central
+        ``score_crop`` (:func:`dap.methods.ddad.ops.crop_score`), reconstruction (B, 3, H, W)."""
         rec = self.reconstruct(images, generator=generator).sample
         amap = self.anomaly_map(images, rec)
-        return Prediction(amap, amap.amax(dim=(1, 2)), rec)
+        return Prediction(amap, crop_score(amap, self.config.score_crop), rec)
 
     # -- after training: domain adaptation and calibration --------------------------------------
     def adapt(self, images: Tensor, steps: int | None = None, seed: int = 0,
@@ -238,7 +259,7 @@ class DDAD(AnomalyMethod):
             pmax = max(pmax, float((rec - x).abs().mean(1).max()))
             for adapted in variants:
                 f = feature_distance(self.features(rec, adapted), self.features(x, adapted), size,
-                                     self.config.feature_pool)
+                                     self.config.feature_pool, self.config.align_corners)
                 fmax[adapted] = max(fmax[adapted], float(f.max()))
         out: dict[str, float] = {}
         for adapted in variants:
