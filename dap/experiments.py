@@ -246,18 +246,31 @@ class Variant:
 
     overrides : model config at build time; train_overrides : TrainConfig fields;
     eval_overrides : config changes applied with ``method.using`` for the evaluation only;
-    same_model_as : evaluate the model trained for that variant instead of training one.
+    same_model_as : evaluate the model trained for that variant instead of training one;
+    retrain_segmenter : with ``same_model_as``, keep that model's other networks frozen and train
+        a fresh segmenter with these config changes (``method.segmenter_variant``, DiffAD), once
+        per seed in ``seeds`` with ``train_overrides``; the row is the mean over seeds (and its
+        standard deviation), so only the segmenter's input differs between paired rows.
     """
 
     overrides: dict[str, Any] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
     eval_overrides: dict[str, Any] = field(default_factory=dict)
     same_model_as: str | None = None
+    retrain_segmenter: dict[str, Any] | None = None
+    seeds: tuple[int, ...] = (0,)
 
 
 #: Domain-adaptation steps of the benchmark's "ddad+DA" row (a few dozen, as a few epochs of
 #: the paper's batch 32 on a ~250-image category).
 DDAD_DA_STEPS = 40
+
+
+def _diffad_segmenter_training() -> dict[str, Any]:
+    """The segmenter phase alone at the ``ci`` preset (its length, batch 8), last step kept."""
+    c = method_config("diffad", "ci")
+    return {"steps": c.segmenter_steps, "batch_size": 8, "lr": 5e-4, "val_every": 0,
+            "select_metric": "last"}
 
 
 def _diffad_ci_training() -> dict[str, Any]:
@@ -288,17 +301,54 @@ def variants(method_name: str) -> dict[str, Variant]:
                 "glad no-SAFF": Variant(eval_overrides={"saff": False}, same_model_as="glad")}
     if method_name == "diffad":
         train = _diffad_ci_training()
+        seg = _diffad_segmenter_training()
         return {"diffad": Variant(train_overrides=train),
-                # the same model, sampled with the condition noised to each DDIM step
-                "diffad noisy-sample": Variant(same_model_as="diffad",
-                                               eval_overrides={"sample_condition": "noisy"}),
+                # the same model, sampled with the condition noised once to a t in [400, 500)
+                # and kept (the official alternative)
+                "diffad noisy-fixed": Variant(same_model_as="diffad",
+                                              eval_overrides={"sample_condition": "noisy_fixed"}),
                 # trained with the clean condition (no noisy condition embedding)
                 "diffad clean-cond": Variant(overrides={"noisy_condition": False},
                                              train_overrides=train),
-                # the segmenter sees concat(x_r, x) only (6 channels)
-                "diffad no-interp": Variant(overrides={"interpolated_channels": False},
-                                            train_overrides=train)}
+                # the interpolated channels, unconfounded: one frozen autoencoder + denoiser,
+                # a fresh segmenter with 9 (interp) or 6 (no-interp) inputs, three seeds each
+                "diffad interp (segmenter retrained)": Variant(
+                    same_model_as="diffad", retrain_segmenter={"interpolated_channels": True},
+                    seeds=(0, 1, 2), train_overrides=seg),
+                "diffad no-interp (segmenter retrained)": Variant(
+                    same_model_as="diffad", retrain_segmenter={"interpolated_channels": False},
+                    seeds=(0, 1, 2), train_overrides=seg)}
     return {method_name: Variant()}
+
+
+def _retrained_segmenter_row(base: AnomalyMethod, data: str, label: str, spec: Variant,
+                             profile: str | None, batch_size: int, progress: bool
+                             ) -> dict[str, Any]:
+    """A :class:`Variant` with ``retrain_segmenter``: per seed, a fresh segmenter on ``base``'s
+    frozen networks, trained and evaluated; the mean row with the standard deviations."""
+    if not hasattr(base, "segmenter_variant"):
+        raise ConfigError(f"variant {label!r}: {base.name} cannot retrain its segmenter alone")
+    spec_data = parse_data(data, base.image_size)
+    train_ds, _, _ = datasets(spec_data, base.image_size)
+    tdata = TrainData.from_dataset(train_ds, is_texture=is_texture(train_ds))
+    device = next(base.parameters()).device
+    rows = []
+    for seed in spec.seeds:
+        tcfg = from_dict(TrainConfig, {**profile_of(profile).train_defaults(),
+                                       **spec.train_overrides, "seed": seed})
+        seed_everything(seed)
+        arm = base.segmenter_variant(**spec.retrain_segmenter)
+        train(arm, tdata, tcfg, None, device=device, progress=progress)
+        row, _ = evaluate_run(arm.eval(), data, batch_size=batch_size, progress=progress,
+                              label=label)
+        rows.append(row)
+    mean = mean_row(rows, (*METRICS, "fps_batch1", "throughput"), method=label,
+                    category=str(spec_data))
+    for k in METRICS:
+        vals = [r[k] for r in rows if isinstance(r.get(k), float)]
+        mean[f"{k}_std"] = float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
+    mean["seeds"] = list(spec.seeds)
+    return mean
 
 
 def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path = "runs/benchmark",
@@ -357,9 +407,14 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
                     models[(label, d)] = method
                 if not report:
                     continue
-                with method.using(**spec.eval_overrides):
-                    row, _ = evaluate_run(method, d, batch_size=batch_size, progress=progress,
-                                          label=label)
+                if spec.retrain_segmenter is not None:
+                    row = _retrained_segmenter_row(method, d, label, spec, profile, batch_size,
+                                                   progress)
+                    source = f"segmenter retrained on {source}, {len(spec.seeds)} seeds"
+                else:
+                    with method.using(**spec.eval_overrides):
+                        row, _ = evaluate_run(method, d, batch_size=batch_size,
+                                              progress=progress, label=label)
                 row["source"] = source
                 row["extractor"] = method.extractor_name
                 cat_rows.append(row)

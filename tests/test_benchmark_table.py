@@ -124,12 +124,40 @@ def test_diffad_variants_build_and_train_past_the_segmenter_phase():
 
     c = method_config("diffad", "ci")
     v = E.variants("diffad")
-    assert set(v) == {"diffad", "diffad noisy-sample", "diffad clean-cond", "diffad no-interp"}
+    assert set(v) == {"diffad", "diffad noisy-fixed", "diffad clean-cond",
+                      "diffad interp (segmenter retrained)", "diffad no-interp (segmenter retrained)"}
     assert v["diffad"].train_overrides["steps"] > c.ae_steps + c.denoiser_steps
     for spec in v.values():
         method_config("diffad", "ci", **spec.overrides)
         from_dict(TrainConfig, spec.train_overrides or v["diffad"].train_overrides)
-    assert v["diffad noisy-sample"].same_model_as == "diffad"
+    assert v["diffad noisy-fixed"].same_model_as == "diffad"
+    # the interpolated-channels rows are paired: the same frozen model, seeds, budget
+    a, b = v["diffad interp (segmenter retrained)"], v["diffad no-interp (segmenter retrained)"]
+    assert a.same_model_as == b.same_model_as == "diffad" and a.seeds == b.seeds and \
+        len(a.seeds) >= 3 and a.train_overrides == b.train_overrides
+    assert a.retrain_segmenter == {"interpolated_channels": True}
+    assert b.retrain_segmenter == {"interpolated_channels": False}
+
+
+def test_retrained_segmenter_rows_train_only_a_fresh_segmenter_per_seed(monkeypatch):
+    base = build_method("diffad", "ci").eval()
+    calls = []
+
+    def fake_train(arm, data, cfg, out, device=None, progress=True):
+        calls.append((cfg.seed, arm.config.segmenter.in_channels, arm.phase))
+        assert arm.denoiser is not base.denoiser and arm.segmenter is not base.segmenter
+
+    def fake_eval(method, d, batch_size=16, progress=True, label=""):
+        return {"method": label, "category": d, "image_auroc": 0.5 + 0.1 * len(calls),
+                "pixel_auroc": 0.5, "aupro": 0.5, "pixel_ap": 0.1}, None
+
+    monkeypatch.setattr(E, "train", fake_train)
+    monkeypatch.setattr(E, "evaluate_run", fake_eval)
+    spec = E.variants("diffad")["diffad no-interp (segmenter retrained)"]
+    row = E._retrained_segmenter_row(base, "builtin:brick", "x", spec, "ci", 16, False)
+    assert calls == [(0, 6, "segmenter"), (1, 6, "segmenter"), (2, 6, "segmenter")]
+    assert row["image_auroc"] == pytest.approx(0.7) and row["image_auroc_std"] > 0
+    assert row["seeds"] == [0, 1, 2]
 
 
 def test_every_variants_eval_overrides_are_accepted_by_using():
