@@ -302,8 +302,12 @@ def train(
     amp_dtype = resolve_amp(cfg.amp, device)
     if cfg.channels_last and device.type == "cuda":
         method.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(method.param_groups(cfg.lr, cfg.lr_segmenter), lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay)
+    groups = method.param_groups(cfg.lr, cfg.lr_segmenter)
+    if cfg.weight_decay and any("weight_decay" in g for g in groups):
+        raise ConfigError(f"{method.name} sets the weight decay of its own parameter groups (see "
+                          f"its config); TrainConfig.weight_decay={cfg.weight_decay} would be "
+                          "ignored: leave it at 0")
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model: nn.Module = method
