@@ -221,7 +221,8 @@ def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     maps : ``(B, H, W)`` or ``(B, 1, H, W)``, returned in the same shape. The kernel radius is
     ``int(truncate * sigma + 0.5)`` (scipy.ndimage's rule; ``mode="mirror"`` there), capped at
     the map size - 1; ``sigma <= 0`` returns ``maps`` itself. DDAD smooths its map with
-    truncate 4, GLAD its map and SAFF mask with truncate 3.
+    truncate 4; GLAD's map and SAFF mask use ``GLADConfig.smoothing_truncate`` (dap's default 3;
+    the official GLAD map truncate 4, its SAFF mask unblurred).
     """
     if sigma <= 0:
         return maps
