@@ -11,11 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_quick(script: str, timeout: int = 600) -> str:
+def run_quick(script: str, timeout: int = 600, flags: tuple[str, ...] = ("--quick",)) -> str:
     """Run ``benchmarks/<script> --quick``; return its output after checking the exit status."""
     env = {**os.environ, "TQDM_DISABLE": "1"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+        [sys.executable, str(ROOT / "benchmarks" / script), *flags],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
     out = proc.stdout + proc.stderr
@@ -43,3 +43,37 @@ def test_synthesis_benchmark_quick():
     assert re.search(r"ratio dap/numpy \(cpu\): \d+(\.\d+)?x", out), out
     assert "numpy per-sample:" in out and "dap batched (cpu, 1 thread):" in out, out
     assert "cuda:" in out or "(cuda," in out, out  # the GPU figure, or its skip line
+
+
+def test_speed_benchmark_quick(tmp_path):
+    out = run_quick("speed.py", flags=("--quick", "--out", str(tmp_path / "speed.json")))
+    for line in ("[1] denoiser fwd+bwd, 64 px", "[2] training step", "[3] inference"):
+        assert line in out, out
+    assert out.count("-> ratio fast/plain") == 3, out
+    assert "OMP_WAIT_POLICY=PASSIVE" in out, out
+    import json
+
+    results = json.loads((tmp_path / "speed.json").read_text())["results"]
+    assert len(results) == 3 and all("fast" in r["ratio"] for r in results)
+
+
+def test_gpu_benchmark_tiny(tmp_path):
+    out = run_quick("gpu.py", flags=("--tiny", "--out", str(tmp_path / "gpu.json")))
+    for line in ("[1] training, batch 2", "[2] inference", "bf16+ckpt", "plain fp32"):
+        assert line in out, out
+    import json
+
+    res = json.loads((tmp_path / "gpu.json").read_text())
+    assert {r["config"] for r in res["train"]} == {"fp32", "fp32+ckpt", "bf16", "bf16+ckpt"}
+    assert all(r["img_per_s"] > 0 for r in res["train"])
+    assert all(r["fps_batch1"] > 0 for r in res["inference"])
+
+
+def test_memory_benchmark_quick(tmp_path):
+    out = run_quick("memory.py", flags=("--quick", "--out", str(tmp_path / "memory.json")))
+    assert "fit bf16+ckpt: peak =" in out and "fit fp32: peak =" in out, out
+    import json
+
+    res = json.loads((tmp_path / "memory.json").read_text())
+    assert len(res["rows"]) == 4 and all(r["peak_kb"] > 0 for r in res["rows"])
+    assert set(res["fits"]) == {"bf16+ckpt", "fp32"}
