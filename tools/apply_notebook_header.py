@@ -23,6 +23,7 @@ Then it regenerates the ``.ipynb`` twins (``tools/nbsync.py --write``) unless ``
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import subprocess
 import sys
@@ -139,10 +140,14 @@ def rewrite(text: str, url: str, profiles: tuple[str, ...], name: str = "noteboo
     return out
 
 
-def _profiles() -> tuple[str, ...]:
-    from dap.profiles import PROFILES
-
-    return PROFILES
+def profiles(root: Path = ROOT) -> tuple[str, ...]:
+    """``dap.profiles.PROFILES`` of this checkout, read from the source (no import needed)."""
+    tree = ast.parse((root / "dap" / "profiles.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
+        if isinstance(target, ast.Name) and target.id == "PROFILES" and node.value is not None:
+            return tuple(ast.literal_eval(node.value))
+    raise SystemExit("dap/profiles.py defines no PROFILES")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report notebooks that differ")
     parser.add_argument("--no-sync", action="store_true", help="do not regenerate the .ipynb")
     args = parser.parse_args(argv)
-    url, profiles = repo_url(), _profiles()
+    url, names = repo_url(), profiles()
     if github_path(url) is None:
         print(f"note: {url} is not a GitHub address: Colab badges are left as they are")
     stale = []
     for py in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py")):
         text = py.read_text(encoding="utf-8")
-        new = rewrite(text, url, profiles, py.name)
+        new = rewrite(text, url, names, py.name)
         if new == text:
             continue
         stale.append(py)
