@@ -50,9 +50,11 @@ if "google.colab" in sys.modules:  # Colab: install dap from its repository; Col
                    check=True)
     importlib.invalidate_caches()
 
+import dap
 from dap import runtime
 
 runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap.runtime)
+print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 '''
 
 PARAMETERS_MARK = '# %% tags=["parameters"]'
