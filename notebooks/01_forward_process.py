@@ -127,6 +127,8 @@ for s in (0, 100, 300, 600, 999):
     ax.hist(xt.flatten().numpy(), bins=80, density=True, histtype="step", label=f"t = {s}")
 ax.plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), "k--", label="N(0, 1)")
 ax.set_xlim(-4, 4)
+ax.set_xlabel("pixel value of x_t")
+ax.set_ylabel("density")
 ax.legend()
 ax.set_title("pixel histogram of x_t");
 
@@ -138,7 +140,8 @@ ax.set_title("pixel histogram of x_t");
 for s in (0, 200, 400, 999):
     xt = linear.add_noise(x0, noise, s)
     a = float(linear.alphas_cumprod[s])
-    predicted_std = float(np.sqrt(a * x0.var() + 1 - a))
+    # std(x_t) ~ sqrt(abar_t var(x_0) + 1 - abar_t)
+    predicted_std = (a * float(x0.var()) + 1 - a) ** 0.5
     print(f"t = {s:4d}: mean {xt.mean():+.3f}  std {xt.std():.3f}  (predicted std {predicted_std:.3f})")
 
 # %% [markdown]
