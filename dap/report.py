@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import io
 import json
 import platform
@@ -78,16 +79,24 @@ def mean_row(rows: Sequence[dict[str, Any]], keys: Sequence[str], **labels: str)
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _commit_at_start() -> str:
+    from dap.engine.checkpoint import git_commit
+
+    return git_commit()
+
+
 def provenance() -> dict[str, Any]:
-    """How a results file was made: the command line, dap's version and git commit, torch,
-    the machine and the time (UTC)."""
+    """How a results file was made: the command line, dap's version and the git commit of the
+    code the process started with (read when dap.report is first imported), torch, the machine
+    and the time (UTC)."""
     import torch
 
-    from dap.engine.checkpoint import dap_version, git_commit
+    from dap.engine.checkpoint import dap_version
 
     return {"command": " ".join(["python -m dap" if sys.argv[0].endswith(("__main__.py", "dap"))
                                  else Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "dap_version": dap_version(), "git_commit": git_commit(),
+            "dap_version": dap_version(), "git_commit": _commit_at_start(),
             "torch": torch.__version__,
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
             else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
@@ -160,6 +169,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # Published tables: rendered from the results files in results/, never typed by hand
 # --------------------------------------------------------------------------------------------
+_commit_at_start()   # the code this process runs, before anything can change the checkout
+
 #: the committed results files (copies of what the commands wrote, with their ``made_by``)
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
