@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 01 — The forward process: how a diffusion model destroys an image
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dap-project/dap/blob/main/notebooks/01_forward_process.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/dap/blob/main/notebooks/01_forward_process.ipynb)
 #
 # Every diffusion anomaly detector in this repository (DiffusionAD, DDAD, GLAD, DiffAD) starts
 # from the same idea: add Gaussian noise to an image in many small steps until nothing is left,
@@ -28,13 +28,24 @@
 # The code lives in `dap.diffusion` (`NoiseSchedule`, `add_noise`); this notebook only drives it.
 
 # %%
+import os
 import sys
 
-if "google.colab" in sys.modules:  # Colab: install dap from the repository
+if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
+    import importlib
     import subprocess
 
+    DAP_REPO_URL = os.environ.get("DAP_REPO_URL", "https://github.com/OWNER/dap")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/dap-project/dap"], check=True)
+                    DAP_REPO_URL if DAP_REPO_URL.startswith("git+") else "git+" + DAP_REPO_URL],
+                   check=True)
+    importlib.invalidate_caches()
+
+import dap
+from dap import runtime
+
+runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap.runtime)
+print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 
 # %% tags=["parameters"]
 from dap.profiles import get_profile, profile

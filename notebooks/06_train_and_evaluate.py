@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 06 — Train and evaluate DiffusionAD
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dap-project/dap/blob/main/notebooks/06_train_and_evaluate.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/dap/blob/main/notebooks/06_train_and_evaluate.ipynb)
 #
 # The pieces of the previous notebooks meet here: the denoiser (notebooks 01-04), norm guidance
 # (04), anomaly synthesis (05), a segmentation network, the joint loss, and the four metrics of
@@ -30,13 +30,24 @@
 # `python data_scripts/download.py mvtec --root $DAP_DATA/mvtec`.
 
 # %%
+import os
 import sys
 
-if "google.colab" in sys.modules:  # Colab: install dap from the repository
+if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
+    import importlib
     import subprocess
 
+    DAP_REPO_URL = os.environ.get("DAP_REPO_URL", "https://github.com/OWNER/dap")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/dap-project/dap"], check=True)
+                    DAP_REPO_URL if DAP_REPO_URL.startswith("git+") else "git+" + DAP_REPO_URL],
+                   check=True)
+    importlib.invalidate_caches()
+
+import dap
+from dap import runtime
+
+runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap.runtime)
+print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 
 # %% tags=["parameters"]
 from dap.profiles import get_profile, profile
