@@ -75,7 +75,7 @@ def _dtype(x: Any) -> str:
     return str(x.dtype).removeprefix("torch.")
 
 
-def _check_chunk(s: Any, m: Any, where: str, first: int) -> None:
+def check_chunk(s: Any, m: Any, where: str, first: int) -> None:
     """Finite scores and {0, 1} masks (arrays or tensors), or a :class:`MetricError`."""
     # a sum is NaN/inf if any term is (or, rarely, by overflow): only then the full check
     if _dtype(s).startswith(("float", "bfloat")) and not math.isfinite(float(s.sum())):
@@ -193,7 +193,7 @@ def _run(
             s, m = s.reshape(-1), m.reshape(-1)
         else:
             s, m = _np(s).reshape(-1), _np(m).reshape(-1)
-        _check_chunk(s.reshape(-1, per_item), m, where, first)
+        check_chunk(s.reshape(-1, per_item), m, where, first)
         k = len(s)
         if regions:
             mn = _np(m).reshape(-1, *blocks[0][0].shape[1:]) != 0

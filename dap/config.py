@@ -1,21 +1,10 @@
-"""Typed, strict configuration and the one profile switch (``DAP_PROFILE``).
+"""Typed, strict configuration: dataclasses built by :func:`from_dict`, and the data root.
 
-Every config in dap is a frozen-by-convention dataclass built through :func:`from_dict`, which
-rejects unknown keys and wrong types with a message that names the valid keys. This is the
-clean counterpart of the official DiffusionAD code's ``defaultdict(str)`` configs, where a
-misspelt key silently became ``""``.
-
-Profiles (``DAP_PROFILE``):
-
-``ci``
-    seconds to a few minutes per notebook on 2 CPU cores (tiny images, few steps);
-``cpu``
-    a laptop, minutes;
-``full``
-    the paper's configuration, on a GPU.
-
-Default: ``full`` when CUDA is available, else ``cpu``. The profile is read here and only here
-(:func:`get_profile`); every profile runs the same code path, only smaller.
+Every config in dap is a dataclass built through :func:`from_dict`, which rejects unknown keys
+and wrong types with a message that names the valid keys. This is the clean counterpart of the
+official DiffusionAD code's ``defaultdict(str)`` configs, where a misspelt key silently became
+``""``. Configs are not changed in place: :func:`replace` makes a validated copy (and
+``AnomalyMethod.using`` swaps one in for a while). The profile switch is :mod:`dap.profiles`.
 """
 
 from __future__ import annotations
@@ -27,38 +16,11 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
-PROFILES: tuple[str, ...] = ("ci", "cpu", "full")
-PROFILE_ENV = "DAP_PROFILE"
 DATA_ENV = "DAP_DATA"
 
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message says what to do instead."""
-
-
-def get_profile(name: str | None = None) -> str:
-    """Return the active profile: ``name`` if given, else ``$DAP_PROFILE``, else the default.
-
-    The default is ``full`` when a CUDA device is visible and ``cpu`` otherwise.
-
-    Raises
-    ------
-    ConfigError
-        If the profile is not one of :data:`PROFILES`.
-    """
-    if name is None:
-        name = os.environ.get(PROFILE_ENV, "").strip() or None
-    if name is None:
-        import torch
-
-        return "full" if torch.cuda.is_available() else "cpu"
-    name = name.strip().lower()
-    if name not in PROFILES:
-        raise ConfigError(
-            f"Unknown profile {name!r} (from {PROFILE_ENV} or the profile argument). "
-            f"Valid profiles: {', '.join(PROFILES)}. Example: {PROFILE_ENV}=ci make test"
-        )
-    return name
 
 
 def data_root() -> str:
@@ -158,6 +120,16 @@ def from_dict(cls: type[C], values: Mapping[str, Any], where: str | None = None)
     return cls(**kwargs)
 
 
+def check_fields(cfg: Any) -> None:
+    """Check every field of dataclass instance ``cfg`` against its annotation (types and
+    ``Literal`` values), as :func:`from_dict` does; for configs built directly. Lists become
+    tuples where a tuple is annotated."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = _check_type(getattr(cfg, f.name), hints[f.name], f"{type(cfg).__name__}.{f.name}")
+        object.__setattr__(cfg, f.name, value)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, JSON-serialisable dict of a config dataclass (tuples become lists)."""
 
@@ -171,11 +143,27 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def merge(values: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` updated with ``changes``, where a mapping given for a field that holds a
+    dataclass config changes only the keys it names (``denoiser={"dropout": 0.1}`` keeps the
+    rest of the preset's denoiser), validated like :func:`from_dict`."""
+    out = dict(values)
+    for key, change in changes.items():
+        current = out.get(key)
+        if dataclasses.is_dataclass(current) and not isinstance(current, type) \
+                and isinstance(change, Mapping):
+            change = replace(current, **change)
+        out[key] = change
+    return out
+
+
 def replace(cfg: C, **changes: Any) -> C:
-    """Return a copy of ``cfg`` with ``changes``, validated like :func:`from_dict`."""
-    merged = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
-    merged.update(changes)
-    return from_dict(type(cfg), merged)
+    """Return a copy of ``cfg`` with ``changes``, validated like :func:`from_dict`.
+
+    A mapping for a nested config changes only the keys it names (see :func:`merge`).
+    """
+    current = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
+    return from_dict(type(cfg), merge(current, changes))
 
 
 # --------------------------------------------------------------------------------------------
@@ -190,7 +178,7 @@ class DiffusionConfig:
     """
 
     num_train_timesteps: int = 1000
-    beta_schedule: typing.Literal["linear", "cosine"] = "linear"
+    beta_schedule: typing.Literal["linear", "scaled_linear", "cosine"] = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
 
@@ -202,38 +190,6 @@ class DiffusionConfig:
                 "DiffusionConfig needs 0 < beta_start < beta_end < 1, got "
                 f"{self.beta_start} and {self.beta_end}"
             )
-
-
-@dataclass
-class ProfileSettings:
-    """Sizes that shrink with the profile; the code path never changes.
-
-    ``image_size`` is the side of the square images, ``batch_size`` the training batch,
-    ``num_images`` how many images a notebook demonstration uses, ``grid_points`` how many t
-    values a sweep over t visits.
-    """
-
-    name: str
-    image_size: int
-    batch_size: int
-    num_images: int
-    grid_points: int
-    train_steps: int
-
-
-PROFILE_SETTINGS: dict[str, ProfileSettings] = {
-    "ci": ProfileSettings("ci", image_size=64, batch_size=8, num_images=4, grid_points=6,
-                          train_steps=30),
-    "cpu": ProfileSettings("cpu", image_size=128, batch_size=16, num_images=16, grid_points=12,
-                           train_steps=2000),
-    "full": ProfileSettings("full", image_size=256, batch_size=16, num_images=64, grid_points=19,
-                            train_steps=300_000),
-}
-
-
-def profile_settings(name: str | None = None) -> ProfileSettings:
-    """The :class:`ProfileSettings` of the active (or named) profile."""
-    return PROFILE_SETTINGS[get_profile(name)]
 
 
 # The official DiffusionAD code's config keys and their dap names (STYLE.md practice 7).
@@ -264,18 +220,14 @@ OFFICIAL_KEY_MAP: dict[str, str | None] = {
 
 
 __all__ = [
-    "PROFILES",
-    "PROFILE_ENV",
     "DATA_ENV",
     "ConfigError",
-    "get_profile",
     "data_root",
     "from_dict",
     "to_dict",
     "replace",
+    "merge",
+    "check_fields",
     "DiffusionConfig",
-    "ProfileSettings",
-    "PROFILE_SETTINGS",
-    "profile_settings",
     "OFFICIAL_KEY_MAP",
 ]

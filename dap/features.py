@@ -2,21 +2,23 @@
 
 Paper: Mousakhan, Brox, Tayyub, "Anomaly Detection with Conditioned Denoising Diffusion Models"
 (DDAD), Sec. 3.3: the anomaly map compares the input and its reconstruction in the feature space
-of an ImageNet WideResNet-50-2 (layers 2 and 3). Taught in ``notebooks/07_conditioned_denoising``.
+of an ImageNet-pretrained WideResNet (layers 2 and 3). The official code's config selects
+``wide_resnet101_2`` (``feature_extractor``; ``wide_resnet50_2`` and ``resnet50`` are its other
+choices). Taught in ``notebooks/07_conditioned_denoising``.
 
 Two extractors, one interface (``forward(x) -> list of (B, C_l, H_l, W_l)`` maps, ``name``):
 
-* :class:`WideResNetFeatures` — torchvision's ``wide_resnet50_2`` re-declared here (torchvision
-  is not a dap dependency and has no build for every platform). Its ``state_dict`` keys are
-  torchvision's (``layer2.0.conv1.weight``, ``layer3.5.bn3.running_mean``, ...), so the ImageNet
-  file a user downloads once loads with ``torch.load(weights_only=True)``:
-  :func:`load_wide_resnet50_2`.
+* :class:`WideResNetFeatures` — torchvision's ``wide_resnet50_2`` or ``wide_resnet101_2``
+  re-declared here (torchvision is not a dap dependency and has no build for every platform).
+  Its ``state_dict`` keys are torchvision's (``layer2.0.conv1.weight``,
+  ``layer3.5.bn3.running_mean``, ...), so the ImageNet file a user downloads once loads with
+  ``torch.load(weights_only=True)``: :func:`load_wide_resnet`.
 * :class:`DenoiserFeatures` — the offline default, no download: the encoder pyramid of a trained
   diffusion denoiser (:meth:`DenoiserUNet.encode_features`) at a small step t (0 by default).
 
 A "level" is a stage of the pyramid counted from 0: WideResNet ``layer1`` .. ``layer4`` are
-levels 0 .. 3 (DDAD uses levels 1 and 2 = layer2 and layer3); a denoiser's levels are its
-encoder resolutions (``image_size / 2**i``).
+levels 0 .. 3 (DDAD's map uses levels 1 and 2 = layer2 and layer3, its official domain
+adaptation levels 0 to 2); a denoiser's levels are its encoder resolutions (``image_size / 2**i``).
 """
 
 from __future__ import annotations
@@ -31,16 +33,22 @@ from torch import Tensor, nn
 
 from dap.models.denoiser import DenoiserConfig, DenoiserUNet
 
-#: torchvision's ImageNet weights for wide_resnet50_2 (IMAGENET1K_V1, the ones DDAD uses).
+#: torchvision's ImageNet weights (IMAGENET1K_V1; the URLs the official DDAD code loads)
 WRN50_2_URL = "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth"
 WRN50_2_FILE = "wide_resnet50_2-95faca4d.pth"
+WRN101_2_URL = "https://download.pytorch.org/models/wide_resnet101_2-32ee1156.pth"
+WRN101_2_FILE = "wide_resnet101_2-32ee1156.pth"
+#: blocks per stage of each WideResNet (torchvision's layout), and its weights (URL, file)
+WRN_LAYERS = {"wide_resnet50_2": (3, 4, 6, 3), "wide_resnet101_2": (3, 4, 23, 3)}
+WRN_FILES = {"wide_resnet50_2": (WRN50_2_URL, WRN50_2_FILE),
+             "wide_resnet101_2": (WRN101_2_URL, WRN101_2_FILE)}
 #: ImageNet channel statistics the torchvision weights expect (inputs in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --------------------------------------------------------------------------------------------
-# WideResNet-50-2 with torchvision's parameter names
+# WideResNet-50-2 and -101-2 with torchvision's parameter names
 # --------------------------------------------------------------------------------------------
 class Bottleneck(nn.Module):
     """ResNet-v1.5 bottleneck (stride on the 3x3 conv): 1x1 -> 3x3 -> 1x1 (x4), + shortcut.
@@ -80,7 +88,7 @@ class WideResNet(nn.Module):
         Smaller values give the same key names with small tensors (tests).
     width_per_group : int
         128 for WideResNet-50-2 (the bottleneck inner width is ``planes * 128 / 64``).
-    layers : blocks per stage, (3, 4, 6, 3) for the 50-layer network.
+    layers : blocks per stage, (3, 4, 6, 3) for the 50-layer network, (3, 4, 23, 3) for 101.
     num_stages : int
         Keep only ``layer1``..``layer{num_stages}``; the classifier (``avgpool``, ``fc``) exists
         only with all 4 stages. A truncated network still has torchvision's names.
@@ -137,42 +145,60 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(h), 1))
 
 
+def wide_resnet(arch: str, base_width: int = 64, num_stages: int = 4) -> WideResNet:
+    """``wide_resnet50_2`` (68.9 M parameters at ``base_width=64``) or ``wide_resnet101_2``
+    (126.9 M; the official DDAD config's extractor) with torchvision's names, random init.
+    ``base_width`` < 64 shrinks every tensor but keeps every name (tests)."""
+    if arch not in WRN_LAYERS:
+        raise ValueError(f"unknown WideResNet {arch!r}; choose one of {sorted(WRN_LAYERS)}")
+    return WideResNet(base_width, 2 * base_width, WRN_LAYERS[arch], num_stages)
+
+
 def wide_resnet50_2(base_width: int = 64, num_stages: int = 4) -> WideResNet:
-    """WideResNet-50-2 (68.9 M parameters at ``base_width=64``), torchvision's names, random
-    init. ``base_width`` < 64 shrinks every tensor but keeps every name (tests)."""
-    return WideResNet(base_width, 2 * base_width, (3, 4, 6, 3), num_stages)
+    """:func:`wide_resnet` ``("wide_resnet50_2")``."""
+    return wide_resnet("wide_resnet50_2", base_width, num_stages)
 
 
-def _missing_weights_message(path: str | os.PathLike | None) -> str:
+def wide_resnet101_2(base_width: int = 64, num_stages: int = 4) -> WideResNet:
+    """:func:`wide_resnet` ``("wide_resnet101_2")``."""
+    return wide_resnet("wide_resnet101_2", base_width, num_stages)
+
+
+def missing_weights_message(path: str | os.PathLike | None, arch: str = "wide_resnet50_2") -> str:
+    """The error text for absent WideResNet weights: where to get them, how to pass them."""
+    url, file = WRN_FILES[arch]
     where = f"not found at {str(path)!r}" if path else "not given"
     return (
-        f"ImageNet weights for wide_resnet50_2 {where}. dap does not download them (no "
-        f"torchvision needed). On a machine with internet, download {WRN50_2_URL} (or run "
-        "`python -c \"import torchvision; torchvision.models.wide_resnet50_2("
-        "weights='IMAGENET1K_V1')\"`, which leaves it in ~/.cache/torch/hub/checkpoints/"
-        f"{WRN50_2_FILE}) and pass its path: ddad_config(..., extractor='wide_resnet50_2', "
-        "extractor_weights=PATH). Or keep the offline default extractor='denoiser'."
+        f"ImageNet weights for {arch} {where}. dap does not download them (no torchvision "
+        f"needed). On a machine with internet, download {url} (or run `python -c \"import "
+        f"torchvision; torchvision.models.{arch}(weights='IMAGENET1K_V1')\"`, which leaves it "
+        f"in ~/.cache/torch/hub/checkpoints/{file}) and pass its path: ddad_config(..., "
+        f"extractor='{arch}', extractor_weights=PATH). Or keep the offline default "
+        "extractor='denoiser'."
     )
 
 
-def load_wide_resnet50_2(path: str | os.PathLike, model: WideResNet) -> WideResNet:
-    """Load torchvision's ``wide_resnet50_2`` state dict from ``path`` into ``model``.
+def load_wide_resnet(path: str | os.PathLike, model: WideResNet, arch: str = "wide_resnet50_2"
+                     ) -> WideResNet:
+    """Load torchvision's ``arch`` state dict (``wide_resnet50_2`` / ``wide_resnet101_2``) from
+    ``path`` into ``model``.
 
     The file is read with ``torch.load(weights_only=True)`` (no code is unpickled). A truncated
-    ``model`` takes the stages it has; the file must still be a complete torchvision
-    wide_resnet50_2 state dict of the model's width (every key, every shape), so a ResNet-50 or
-    another checkpoint is refused with a message that names the first differences.
+    ``model`` takes the stages it has; the file must still be a complete torchvision ``arch``
+    state dict of the model's width (every key, every shape), so a ResNet-50, the other
+    WideResNet or another checkpoint is refused with a message that names the first differences.
 
     Raises
     ------
     FileNotFoundError
         The file does not exist (the message says where to get it).
     ValueError
-        The file is not a readable weights-only state dict, or not wide_resnet50_2's.
+        The file is not a readable weights-only state dict, or not ``arch``'s.
     """
+    url, file = WRN_FILES[arch]
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(_missing_weights_message(path))
+        raise FileNotFoundError(missing_weights_message(path, arch))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure gets the same advice
@@ -187,13 +213,13 @@ def load_wide_resnet50_2(path: str | os.PathLike, model: WideResNet) -> WideResN
         raise ValueError(f"{path} does not hold a state dict of tensors")
     base = model.conv1.out_channels
     with torch.device("meta"):
-        reference = wide_resnet50_2(base).state_dict()
+        reference = wide_resnet(arch, base).state_dict()
     # BatchNorm's num_batches_tracked is absent from older torchvision files; BN fills it in.
     wanted = {k: v.shape for k, v in reference.items() if not k.endswith("num_batches_tracked")}
     got = {k: v.shape for k, v in state.items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(wanted) - set(got))
     unexpected = sorted(set(got) - set(wanted))
-    shapes = [f"{k}: file {tuple(got[k])} vs wide_resnet50_2 {tuple(wanted[k])}"
+    shapes = [f"{k}: file {tuple(got[k])} vs {arch} {tuple(wanted[k])}"
               for k in sorted(set(wanted) & set(got)) if tuple(got[k]) != tuple(wanted[k])]
     if missing or unexpected or shapes:
         parts = []
@@ -204,46 +230,52 @@ def load_wide_resnet50_2(path: str | os.PathLike, model: WideResNet) -> WideResN
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:2]})")
         raise ValueError(
-            f"{path} is not torchvision's wide_resnet50_2 state dict: {'; '.join(parts)}. "
-            f"Expected {WRN50_2_FILE} from {WRN50_2_URL} (a resnet50 file has half-width "
-            "bottlenecks and is refused)."
+            f"{path} is not torchvision's {arch} state dict: {'; '.join(parts)}. Expected "
+            f"{file} from {url} (a resnet50 file has half-width bottlenecks, the other "
+            "WideResNet another number of blocks in layer3; both are refused)."
         )
     own = model.state_dict()
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return model
 
 
+def load_wide_resnet50_2(path: str | os.PathLike, model: WideResNet) -> WideResNet:
+    """:func:`load_wide_resnet` for ``wide_resnet50_2``."""
+    return load_wide_resnet(path, model, "wide_resnet50_2")
+
+
 class WideResNetFeatures(nn.Module):
-    """DDAD's extractor: ImageNet WideResNet-50-2, layers 2 and 3 by default.
+    """DDAD's extractor: an ImageNet WideResNet (-50-2 or -101-2), layers 2 and 3 by default.
 
     Input ``(B, 3, H, W)`` in [-1, 1] -> mapped to [0, 1], ImageNet-normalised -> the outputs of
     the requested levels (level 1 = ``layer2``, stride 8, 512 channels; level 2 = ``layer3``,
     stride 16, 1024 channels at ``base_width`` 64). The network is truncated after the deepest
-    level used (layer4 and the classifier are not kept: 25 M instead of 68.9 M parameters).
-    BatchNorm always uses the stored ImageNet statistics (keep the module in ``eval()``).
+    level used (layer4 and the classifier are not kept). BatchNorm uses the stored statistics
+    in ``eval()`` (scoring); DDAD's official domain adaptation runs the copy in ``train()``.
 
     Parameters
     ----------
     weights : path or None
-        torchvision's ``wide_resnet50_2`` file; None leaves random weights (``name`` says so).
+        torchvision's file for ``arch``; None leaves random weights (``name`` says so).
     levels : pyramid levels to return (0..3).
     base_width : 64 for the real network; smaller only for tests.
+    arch : ``"wide_resnet50_2"`` or ``"wide_resnet101_2"`` (the official DDAD config's).
     """
 
     def __init__(self, weights: str | os.PathLike | None = None,
-                 levels: Sequence[int] = (1, 2), base_width: int = 64) -> None:
+                 levels: Sequence[int] = (1, 2), base_width: int = 64,
+                 arch: str = "wide_resnet50_2") -> None:
         super().__init__()
         self.levels = tuple(int(i) for i in levels)
         if not self.levels or min(self.levels) < 0 or max(self.levels) > 3:
             raise ValueError(f"WideResNet levels must lie in 0..3, got {self.levels}")
-        self.backbone = wide_resnet50_2(base_width, num_stages=max(self.levels) + 1)
+        self.backbone = wide_resnet(arch, base_width, num_stages=max(self.levels) + 1)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.pretrained = weights is not None
         if weights is not None:
-            load_wide_resnet50_2(weights, self.backbone)
-        self.name = ("wide_resnet50_2(ImageNet)" if self.pretrained
-                     else "wide_resnet50_2(random weights)")
+            load_wide_resnet(weights, self.backbone, arch)
+        self.name = f"{arch}(ImageNet)" if self.pretrained else f"{arch}(random weights)"
         if base_width != 64:
             self.name += f"[width {base_width}]"
 
@@ -309,7 +341,7 @@ class DenoiserFeatures(nn.Module):
 # Feature distance
 # --------------------------------------------------------------------------------------------
 def feature_distance(feats_a: Sequence[Tensor], feats_b: Sequence[Tensor],
-                     size: tuple[int, int], pool: int = 3) -> Tensor:
+                     size: tuple[int, int], pool: int = 3, align_corners: bool = False) -> Tensor:
     """DDAD's feature map: sum over levels of upsampled (1 - cosine) between two pyramids.
 
     Each level is first averaged over ``pool x pool`` neighbourhoods (stride 1, DDAD's patch
@@ -318,7 +350,9 @@ def feature_distance(feats_a: Sequence[Tensor], feats_b: Sequence[Tensor],
         f(x, y) = sum_l  up( 1 - cos( F_l(a)[:, :, i, j], F_l(b)[:, :, i, j] ) )
 
     feats_a, feats_b : lists of ``(B, C_l, H_l, W_l)``; returns ``(B, H, W)`` float32, each level
-    contributing values in [0, 2].
+    contributing values in [0, 2]. ``up`` is bilinear; ``align_corners=True`` is the official
+    DDAD code's. Averaging with or without the zero padding at the border gives the same map
+    (a patch's mean is rescaled, and the cosine ignores scale).
     """
     out = None
     for fa, fb in zip(feats_a, feats_b):
@@ -328,7 +362,8 @@ def feature_distance(feats_a: Sequence[Tensor], feats_b: Sequence[Tensor],
             fb = F.avg_pool2d(fb, pool, stride=1, padding=pool // 2, count_include_pad=False)
         # d_l = 1 - cos(F_l(a), F_l(b)) over channels
         d = 1.0 - F.cosine_similarity(fa, fb, dim=1, eps=1e-8)
-        d = F.interpolate(d[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        d = F.interpolate(d[:, None], size=size, mode="bilinear",
+                          align_corners=align_corners)[:, 0]
         out = d if out is None else out + d
     if out is None:
         raise ValueError("feature_distance needs at least one level")
@@ -336,7 +371,9 @@ def feature_distance(feats_a: Sequence[Tensor], feats_b: Sequence[Tensor],
 
 
 __all__ = [
-    "WRN50_2_URL", "WRN50_2_FILE", "IMAGENET_MEAN", "IMAGENET_STD", "Bottleneck", "WideResNet",
-    "wide_resnet50_2", "load_wide_resnet50_2", "WideResNetFeatures", "denoiser_features",
-    "DenoiserFeatures", "feature_distance",
+    "WRN50_2_URL", "WRN50_2_FILE", "WRN101_2_URL", "WRN101_2_FILE", "WRN_LAYERS", "WRN_FILES",
+    "IMAGENET_MEAN", "IMAGENET_STD", "Bottleneck", "WideResNet", "wide_resnet50_2",
+    "wide_resnet101_2", "wide_resnet", "load_wide_resnet", "load_wide_resnet50_2",
+    "missing_weights_message", "WideResNetFeatures", "denoiser_features", "DenoiserFeatures",
+    "feature_distance",
 ]

@@ -4,7 +4,7 @@ Paper (Zhang et al., DiffusionAD, Sec. III-E; L_noise is eq. 9 - the official co
 names it "formula 9" - and L_mask, L_total follow it)::
 
     L_noise = (1 - y) (||eps_s - eps_theta(x_ts, t_s)||^2 + ||eps_b - eps_theta(x_tb, t_b)||^2) / 2
-    L_mask  = SmoothL1(M, M_hat) + gamma_w * Focal(M, M_hat),     gamma_w = 5
+    L_mask  = SmoothL1(M, M_hat) + w_focal * Focal(M, M_hat),     w_focal = 5
     L_total = L_noise + L_mask
 
 y = 1 marks a synthetic anomalous sample, M its ground-truth mask, M_hat the segmentation
@@ -25,8 +25,6 @@ What the official code computes, and how dap relates to it:
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -155,31 +153,9 @@ def masked_noise_loss(eps_pred: Tensor, eps_true: Tensor, normal_mask: Tensor) -
     return kept.sum() / normal.sum().clamp(min=1).to(dtype)
 
 
-class MaskLoss(NamedTuple):
-    """The segmentation loss and its two parts (all scalar tensors)."""
-
-    total: Tensor
-    smooth_l1: Tensor
-    focal: Tensor
-
-
-def mask_loss(pred: Tensor, target: Tensor, *, from_logits: bool, focal_weight: float = 5.0,
-              alpha: float = 0.5, gamma: float = 4.0) -> MaskLoss:
-    """L_mask = SmoothL1(M, M_hat) + focal_weight * Focal(M, M_hat) (DiffusionAD Sec. III-E).
-
-    ``pred`` is the segmentation output: logits (``from_logits=True``) or the sigmoid mask M_hat;
-    ``target`` the ground-truth mask M, same shape, in [0, 1]. Defaults are the official ones.
-    """
-    sl1 = smooth_l1_loss(pred, target, from_logits=from_logits)
-    foc = focal_loss(pred, target, alpha=alpha, gamma=gamma, from_logits=from_logits)
-    return MaskLoss(sl1 + focal_weight * foc, sl1, foc)
-
-
 __all__ = [
     "EPS",
     "focal_loss",
     "smooth_l1_loss",
     "masked_noise_loss",
-    "mask_loss",
-    "MaskLoss",
 ]

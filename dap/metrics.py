@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dap._metrics_core import MetricError, Summary, _check_chunk, summarize
+from dap._metrics_core import MetricError, Summary, check_chunk, summarize
 
 __all__ = [
     "MetricError",
@@ -265,7 +265,7 @@ class MetricAccumulator:
     Maps are stored as float32 and masks as uint8 (5 bytes per pixel) on the device they
     arrive on; they are never concatenated: :meth:`compute` builds its sort keys straight from
     the stored batches. Inputs are validated in :meth:`update`, so a bad batch fails where it is
-    produced. Used by :func:`dap.evaluate.evaluate`.
+    produced. Used by :func:`dap.engine.evaluate.evaluate`.
 
     Parameters
     ----------
@@ -308,14 +308,14 @@ class MetricAccumulator:
                     f"{where}: map size {tuple(s.shape[1:])} differs from the first batch's "
                     f"{tuple(self._maps[0][0].shape[1:])}; resize all maps to one size."
                 )
-            _check_chunk(s, m, where, 0)
+            check_chunk(s, m, where, 0)
             self._maps.append((_stored(s, torch.float32), _stored(m != 0, torch.uint8)))
         if scores is not None:
             s, y = _array(scores, "scores", where), _array(labels, "labels", where)
             s, y = s.reshape(-1), y.reshape(-1)
             if tuple(s.shape) != tuple(y.shape):
                 raise MetricError(f"{where}: {len(s)} scores but {len(y)} labels")
-            _check_chunk(s, y, where, 0)
+            check_chunk(s, y, where, 0)
             self._scores.append(_stored(s, torch.float64).cpu())
             self._labels.append(_stored(y != 0, torch.uint8).cpu())
 

@@ -2,7 +2,8 @@
 
 Each model ``NAME`` is two files in ``dap/checkpoints/``:
 
-``NAME.pt``    the config and weights (stored in float16 to stay small; loaded back to float32)
+``NAME.pt``    a dap checkpoint (:mod:`dap.engine.checkpoint`, the format every run writes)
+               holding the config and the weights, stored in float16 to stay small
 ``NAME.json``  provenance: the ``python -m dap train ...`` command that made it, the config, the
                git commit, the training time and the *validation* metrics it was selected on.
 
@@ -16,16 +17,20 @@ Each model ``NAME`` is two files in ``dap/checkpoints/``:
 from __future__ import annotations
 
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dap.methods import AnomalyMethod, method_from_checkpoint
+from dap.config import ConfigError
+from dap.engine.checkpoint import load_checkpoint, method_from_checkpoint, model_payload, save_checkpoint
+from dap.io import atomic_write_text
+from dap.methods import AnomalyMethod
 
 ZOO_DIR = Path(__file__).resolve().parent / "checkpoints"
-ZOO_FORMAT = "dap-zoo-v1"
+#: a zoo name: lower-case letters, digits, '.', '_' and '-', not starting with '.' or '-'
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 
 
 def available() -> list[str]:
@@ -43,33 +48,37 @@ def info(name: str) -> dict[str, Any]:
 
 def _check(name: str) -> None:
     if name not in available():
-        raise KeyError(f"no shipped model {name!r}; available: {available()}")
+        raise ConfigError(f"no shipped model {name!r}; available: {available()}")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid zoo name (a name, never a path), else a :class:`ConfigError`."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"zoo name {name!r} is not a name: use lower-case letters, digits, "
+                          "'.', '_' and '-' (e.g. diffusionad-builtin-brick), not a path")
+    return name
 
 
 def load(name: str, device: str | torch.device = "cpu") -> AnomalyMethod:
     """Model ``name`` rebuilt from its own config, in float32, in eval mode, ready to predict."""
     _check(name)
-    ckpt = torch.load(ZOO_DIR / f"{name}.pt", map_location="cpu", weights_only=True)
-    if ckpt.get("format") != ZOO_FORMAT:
-        raise ValueError(f"{name}.pt is not a dap zoo file ({ZOO_FORMAT})")
-    ckpt = dict(ckpt)
-    ckpt["model"] = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    ckpt = load_checkpoint(ZOO_DIR / f"{name}.pt", map_location="cpu")
     return method_from_checkpoint(ckpt).to(device).eval()
 
 
 def export(method: AnomalyMethod, name: str, provenance: dict[str, Any],
-           directory: str | Path = ZOO_DIR) -> tuple[Path, Path]:
-    """Write ``method`` as a zoo model (float16 weights + provenance JSON), atomically."""
+           directory: str | Path = ZOO_DIR, force: bool = False) -> tuple[Path, Path]:
+    """Write ``method`` as zoo model ``name`` (float16 weights + provenance JSON), atomically.
+
+    ``name`` is a name, never a path (:func:`check_name`); an existing model of that name is
+    replaced only with ``force``.
+    """
+    check_name(name)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
-             for k, v in method.state_dict().items()}
-    payload = {"format": ZOO_FORMAT, "method": method.name,
-               "method_config": method.config_dict(), "model": state}
     pt, js = directory / f"{name}.pt", directory / f"{name}.json"
-    for path, write in ((pt, lambda p: torch.save(payload, p)),
-                        (js, lambda p: p.write_text(json.dumps(provenance, indent=2, default=str)))):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        write(tmp)
-        os.replace(tmp, path)
+    if not force and (pt.exists() or js.exists()):
+        raise ConfigError(f"a zoo model {name!r} exists already in {directory}; choose another "
+                          "name, or pass --force to replace it")
+    save_checkpoint(pt, model_payload(method, half=True))
+    atomic_write_text(js, json.dumps(provenance, indent=2, default=str))
     return pt, js

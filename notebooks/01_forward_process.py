@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 01 — The forward process: how a diffusion model destroys an image
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dap-project/dap/blob/main/notebooks/01_forward_process.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/dap/blob/main/notebooks/01_forward_process.ipynb)
 #
 # Every diffusion anomaly detector in this repository (DiffusionAD, DDAD, GLAD, DiffAD) starts
 # from the same idea: add Gaussian noise to an image in many small steps until nothing is left,
@@ -28,19 +28,30 @@
 # The code lives in `dap.diffusion` (`NoiseSchedule`, `add_noise`); this notebook only drives it.
 
 # %%
+import os
 import sys
 
-if "google.colab" in sys.modules:  # Colab: install dap from the repository
+if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
+    import importlib
     import subprocess
 
+    DAP_REPO_URL = os.environ.get("DAP_REPO_URL", "https://github.com/OWNER/dap")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/dap-project/dap"], check=True)
+                    DAP_REPO_URL if DAP_REPO_URL.startswith("git+") else "git+" + DAP_REPO_URL],
+                   check=True)
+    importlib.invalidate_caches()
+
+import dap
+from dap import runtime
+
+runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap.runtime)
+print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 
 # %% tags=["parameters"]
-from dap.config import get_profile, profile_settings
+from dap.profiles import get_profile, profile
 
 PROFILE = get_profile()          # DAP_PROFILE = ci | cpu | full
-SETTINGS = profile_settings(PROFILE)
+SETTINGS = profile(PROFILE)
 print(PROFILE, SETTINGS)
 
 # %%
@@ -127,6 +138,8 @@ for s in (0, 100, 300, 600, 999):
     ax.hist(xt.flatten().numpy(), bins=80, density=True, histtype="step", label=f"t = {s}")
 ax.plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), "k--", label="N(0, 1)")
 ax.set_xlim(-4, 4)
+ax.set_xlabel("pixel value of x_t")
+ax.set_ylabel("density")
 ax.legend()
 ax.set_title("pixel histogram of x_t");
 
@@ -138,7 +151,8 @@ ax.set_title("pixel histogram of x_t");
 for s in (0, 200, 400, 999):
     xt = linear.add_noise(x0, noise, s)
     a = float(linear.alphas_cumprod[s])
-    predicted_std = float(np.sqrt(a * x0.var() + 1 - a))
+    # std(x_t) ~ sqrt(abar_t var(x_0) + 1 - abar_t)
+    predicted_std = (a * float(x0.var()) + 1 - a) ** 0.5
     print(f"t = {s:4d}: mean {xt.mean():+.3f}  std {xt.std():.3f}  (predicted std {predicted_std:.3f})")
 
 # %% [markdown]

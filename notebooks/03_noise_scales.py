@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 03 — Noise scales: which t repairs which defect?
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dap-project/dap/blob/main/notebooks/03_noise_scales.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/dap/blob/main/notebooks/03_noise_scales.ipynb)
 #
 # A reconstruction-based detector wants two things from its reconstruction: the defect gone,
 # everything else kept. Noise does the first (enough of it drowns the defect) and ruins the
@@ -31,16 +31,27 @@
 # and plots them.
 
 # %%
+import os
 import sys
 
-if "google.colab" in sys.modules:  # Colab: install dap from the repository
+if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
+    import importlib
     import subprocess
 
+    DAP_REPO_URL = os.environ.get("DAP_REPO_URL", "https://github.com/OWNER/dap")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/dap-project/dap"], check=True)
+                    DAP_REPO_URL if DAP_REPO_URL.startswith("git+") else "git+" + DAP_REPO_URL],
+                   check=True)
+    importlib.invalidate_caches()
+
+import dap
+from dap import runtime
+
+runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap.runtime)
+print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 
 # %% tags=["parameters"]
-from dap.config import get_profile
+from dap.profiles import get_profile
 
 PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full
 MODEL = "diffusionad-builtin-brick"         # a shipped model (dap.zoo); its denoiser is used

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 04 — Norm guidance: two noise scales in one reconstruction
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dap-project/dap/blob/main/notebooks/04_norm_guidance.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/dap/blob/main/notebooks/04_norm_guidance.ipynb)
 #
 # Notebook 03 showed the dilemma: a small step t_s keeps detail but may leave a large defect in
 # place, a big step t_b removes it but blurs everything. DiffusionAD's answer, **norm-guided
@@ -30,16 +30,27 @@
 # `sweep_guidance_weight`); the guidance itself in `dap.diffusion.norm_guided`.
 
 # %%
+import os
 import sys
 
-if "google.colab" in sys.modules:  # Colab: install dap from the repository
+if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
+    import importlib
     import subprocess
 
+    DAP_REPO_URL = os.environ.get("DAP_REPO_URL", "https://github.com/OWNER/dap")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/dap-project/dap"], check=True)
+                    DAP_REPO_URL if DAP_REPO_URL.startswith("git+") else "git+" + DAP_REPO_URL],
+                   check=True)
+    importlib.invalidate_caches()
+
+import dap
+from dap import runtime
+
+runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap.runtime)
+print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 
 # %% tags=["parameters"]
-from dap.config import get_profile
+from dap.profiles import get_profile
 
 PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full
 MODEL = "diffusionad-builtin-brick"         # a shipped DiffusionAD model (dap.zoo)

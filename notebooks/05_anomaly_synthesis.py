@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 05 — Anomaly synthesis
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dap-project/dap/blob/main/notebooks/05_anomaly_synthesis.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/dap/blob/main/notebooks/05_anomaly_synthesis.ipynb)
 #
 # DiffusionAD never sees a real defect during training. Its segmentation network learns from
 # **synthetic anomalies** pasted onto normal images, with a mask that is exact by construction.
@@ -33,19 +33,30 @@
 # The code lives in `dap.synthesis`; this notebook only drives and looks.
 
 # %%
+import os
 import sys
 
-if "google.colab" in sys.modules:  # Colab: install dap from the repository
+if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
+    import importlib
     import subprocess
 
+    DAP_REPO_URL = os.environ.get("DAP_REPO_URL", "https://github.com/OWNER/dap")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/dap-project/dap"], check=True)
+                    DAP_REPO_URL if DAP_REPO_URL.startswith("git+") else "git+" + DAP_REPO_URL],
+                   check=True)
+    importlib.invalidate_caches()
+
+import dap
+from dap import runtime
+
+runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap.runtime)
+print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 
 # %% tags=["parameters"]
-from dap.config import get_profile, profile_settings
+from dap.profiles import get_profile, profile
 
 PROFILE = get_profile()          # DAP_PROFILE = ci | cpu | full
-S = profile_settings(PROFILE)
+S = profile(PROFILE)
 SEED = 0
 print(PROFILE, S)
 

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 06 — Train and evaluate DiffusionAD
 #
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/dap-project/dap/blob/main/notebooks/06_train_and_evaluate.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/dap/blob/main/notebooks/06_train_and_evaluate.ipynb)
 #
 # The pieces of the previous notebooks meet here: the denoiser (notebooks 01-04), norm guidance
 # (04), anomaly synthesis (05), a segmentation network, the joint loss, and the four metrics of
@@ -30,20 +30,31 @@
 # `python data_scripts/download.py mvtec --root $DAP_DATA/mvtec`.
 
 # %%
+import os
 import sys
 
-if "google.colab" in sys.modules:  # Colab: install dap from the repository
+if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
+    import importlib
     import subprocess
 
+    DAP_REPO_URL = os.environ.get("DAP_REPO_URL", "https://github.com/OWNER/dap")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "git+https://github.com/dap-project/dap"], check=True)
+                    DAP_REPO_URL if DAP_REPO_URL.startswith("git+") else "git+" + DAP_REPO_URL],
+                   check=True)
+    importlib.invalidate_caches()
+
+import dap
+from dap import runtime
+
+runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap.runtime)
+print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 
 # %% tags=["parameters"]
-from dap.config import get_profile
+from dap.profiles import get_profile, profile
 
 PROFILE = get_profile()                       # DAP_PROFILE = ci | cpu | full
 DATA = "mvtec:bottle" if PROFILE == "full" else "builtin:brick"
-STEPS = {"ci": 40, "cpu": 1500, "full": 48000}[PROFILE]
+STEPS = profile(PROFILE).notebook_train_steps  # the profile table: dap/profiles.py
 ZOO_MODEL = "diffusionad-builtin-brick"       # the shipped model evaluated under ci / cpu
 
 # %%
@@ -52,9 +63,9 @@ import numpy as np
 import torch
 
 from dap import zoo
-from dap.evaluate import PAPER_RESULTS, example_figure, results_markdown
-from dap.experiment import evaluate_run, train_run
-from dap.methods import PROFILE_PRESET, build_method
+from dap.report import PAPER_RESULTS, example_figure, results_markdown
+from dap.experiments import evaluate_run, train_run
+from dap.methods import build_method
 from dap.methods.base import TrainBatch
 from dap.models.common import count_parameters
 
@@ -66,7 +77,7 @@ from dap.models.common import count_parameters
 # (28.4 M). The small presets keep the architecture and shrink the widths.
 
 # %%
-preset = PROFILE_PRESET[PROFILE]
+preset = profile(PROFILE).preset
 method = build_method("diffusionad", preset)
 print(f"preset {preset}: image {method.config.denoiser.image_size} px, "
       f"denoiser {count_parameters(method.denoiser) / 1e6:.2f} M, "
@@ -95,7 +106,7 @@ print("no normal sample -> L_noise =",
 # ## 3. A real training run
 #
 # `train_run` loads the category, builds the validation set (validation-split normal images +
-# synthetic anomalies, made once with a fixed seed), trains with the shared loop of `dap.train`
+# synthetic anomalies, made once with a fixed seed), trains with the shared loop of `dap.engine.train`
 # (seeded, resumable, mixed precision on GPUs) and keeps the checkpoint with the best validation
 # score. Under `ci` this is a few dozen steps: enough to see the loss fall, not to detect anything.
 
@@ -151,7 +162,7 @@ ax.legend();
 #
 # - DiffusionAD trains two networks jointly: a noise predictor (only on normal samples) and a
 #   segmenter that compares the input with its norm-guided one-step reconstruction.
-# - `dap.train` is one loop for every method: deterministic per step, exactly resumable,
+# - `dap.engine.train` is one loop for every method: deterministic per step, exactly resumable,
 #   validation-selected — the test split is only used for the final numbers.
 # - The four metrics come from one sort of all pixels (`dap.metrics`); FPS is measured at
 #   batch 1 and batched.

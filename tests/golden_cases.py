@@ -30,7 +30,6 @@ What makes a value reproducible here (so that the refactor keeps it):
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import tempfile
 import warnings
@@ -55,7 +54,7 @@ ZOO_TEST_INDICES = (0, 1, 2, 3, 30, 37, 44, 51)      # 4 good, crack, foreign, h
 TRAIN_INDICES = tuple(range(8))                      # train split, normal images
 VAL_INDICES = tuple(range(8))                        # validation split, normal images
 DDAD_DA_STEPS = 2                                    # domain-adaptation steps of ddad_da
-TRAIN_STEPS = 3                                      # steps of dap.train.train per method
+TRAIN_STEPS = 3                                      # steps of dap.engine.train.train per method
 TRAIN_BATCH = 4
 
 
@@ -87,7 +86,7 @@ def legacy_param_name(method: str, name: str) -> str:
 def split_images(split: str, indices: tuple[int, ...], data: str = DATA, size: int = SIZE
                  ) -> Tensor:
     """Images ``(N, 3, size, size)`` in [-1, 1] of ``split`` (train / val / test) of ``data``."""
-    from dap.experiment import datasets, parse_data
+    from dap.data.spec import datasets, parse_data
 
     train_ds, val_ds, test_ds = datasets(parse_data(data, size), size)
     ds = {"train": train_ds, "val": val_ds, "test": test_ds}[split]
@@ -106,15 +105,18 @@ def predict(method, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
 
 
 def reconstruct(method, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
-    """``method.reconstruct`` flattened to a dict of tensors (today each method returns its own
-    type: a Tensor for DiffusionAD / DDAD, GLAD's ``AdaptiveOutput``, DiffAD's dict)."""
+    """``method.reconstruct`` (a :class:`~dap.methods.base.Reconstruction`) flattened to the dict
+    recorded before the redesign: ``reconstruction`` plus GLAD's stop data (``stop_step``,
+    ``input_x0``, ``scores``, ``timesteps``) and DiffAD's intermediates."""
     torch.manual_seed(seed)
     out = method.reconstruct(images, generator=torch.Generator().manual_seed(seed))
-    if isinstance(out, Tensor):
-        return {"reconstruction": out}
-    if hasattr(out, "_asdict"):                      # GLAD: AdaptiveOutput (a NamedTuple)
-        out = out._asdict()
-    return {k: torch.as_tensor(v) for k, v in dict(out).items()}
+    flat = {"reconstruction": out.sample}
+    if method.name == "glad":
+        flat.update({k: out.extras[k] for k in ("stop_step", "input_x0", "scores")})
+        flat["timesteps"] = torch.as_tensor(method.timesteps)
+    if method.name == "diffad":
+        flat.update(out.extras)
+    return flat
 
 
 def map_terms(method, images: Tensor, reconstruction: Tensor) -> dict[str, Tensor]:
@@ -122,26 +124,24 @@ def map_terms(method, images: Tensor, reconstruction: Tensor) -> dict[str, Tenso
     GLAD: feature / pixel); empty for methods without such a split."""
     name = method.name
     if name == "ddad":
-        return dict(method.anomaly_maps(images, reconstruction))
+        amap = method.anomaly_map(images, reconstruction)
+        return {**method.map_terms(images, reconstruction), "map": amap,
+                "score": amap.amax(dim=(1, 2))}
     if name == "glad":
-        feat, pix = method.map_terms(images, reconstruction)
-        return {"feature": feat, "pixel": pix}
+        return dict(method.map_terms(images, reconstruction))
     return {}
 
 
 def after_training(method, train_images: Tensor, val_images: Tensor) -> dict[str, Any] | None:
-    """The method's own step after training, as ``dap.experiment.train_run`` calls it: DDAD adapts
+    """The method's own step after training, as ``dap.experiments.train_run`` calls it: DDAD adapts
     (when built with domain_adaptation_steps > 0) and calibrates on the training images, GLAD
     calibrates on the synthetic validation set made from ``val_images``. None if it has none."""
-    from dap.evaluate import synthetic_validation_set
-    from dap.train import TrainData, to_uint8
+    from dap.engine.select import synthetic_validation_set
+    from dap.engine.train import to_uint8
 
-    after = getattr(method, "after_training", None)
-    if not callable(after):
-        return None
     vset = synthetic_validation_set(method.synthesizer, val_images, None, is_texture=True)
     method.eval()
-    return after(TrainData(to_uint8(train_images)), val_set=vset, progress=False)
+    return method.after_training(to_uint8(train_images), vset, progress=False)
 
 
 def forward(method, images: Tensor, seed: int = 0) -> dict[str, Tensor]:
@@ -171,7 +171,7 @@ def train_steps(method, images: Tensor, steps: int, batch_size: int, out_dir: st
                 ) -> list[dict[str, float]]:
     """``steps`` steps of the shared training loop (no validation, last step kept); returns the
     logged history, one dict per step (``loss``, the method's logs, ``step``)."""
-    from dap.train import TrainConfig, TrainData, to_uint8, train
+    from dap.engine.train import TrainConfig, TrainData, to_uint8, train
 
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-4, val_every=0,
                       select_metric="last", amp="off", seed=0, log_every=1)
@@ -212,9 +212,11 @@ def _benchmark_patches(init: Callable[[Any], None]) -> Iterator[None]:
       2 steps, DiffAD's training (``train_overrides``, 1500 steps, applied over the run's
       ``train_overrides``) to 3 steps at batch 4 (the autoencoder phase only).
     """
-    import dap.experiment as E
+    import dataclasses
 
-    real_build, real_variants = E.build_method, E.benchmark_variants
+    import dap.experiments as E
+
+    real_build, real_variants = E.build_method, E.variants
 
     def build_by_name(name, preset="paper", **kw):
         method = real_build(name, preset, **kw)
@@ -226,31 +228,34 @@ def _benchmark_patches(init: Callable[[Any], None]) -> Iterator[None]:
                 "throughput": float("nan"), "fps_batch_size": 0}
 
     def small_variants(method_name):
-        specs = copy.deepcopy(real_variants(method_name))
-        for spec in specs.values():
-            if (spec.get("overrides") or {}).get("domain_adaptation_steps"):
-                spec["overrides"]["domain_adaptation_steps"] = 2
-            if spec.get("train_overrides"):
-                spec["train_overrides"] = {**spec["train_overrides"], "steps": 3, "batch_size": 4}
+        specs = {}
+        for label, spec in real_variants(method_name).items():
+            if spec.overrides.get("domain_adaptation_steps"):
+                spec = dataclasses.replace(spec, overrides={**spec.overrides,
+                                                            "domain_adaptation_steps": 2})
+            if spec.train_overrides:
+                spec = dataclasses.replace(spec, train_overrides={**spec.train_overrides,
+                                                                  "steps": 3, "batch_size": 4})
+            specs[label] = spec
         return specs
 
     with mock.patch.object(E, "build_method", build_by_name), \
             mock.patch.object(E, "measure_fps", no_fps), \
-            mock.patch.object(E, "benchmark_variants", small_variants):
+            mock.patch.object(E, "variants", small_variants):
         yield
 
 
 def run_benchmark(methods: list[str], data: list[str], out_dir: str | Path,
                   train_overrides: dict[str, Any] | None, variants: list[str] | None
                   ) -> list[dict[str, Any]]:
-    """``dap.experiment.benchmark`` (zoo models where allowed), seeded: its table rows."""
-    from dap.experiment import benchmark
+    """``dap.experiments.benchmark`` (zoo models where allowed), seeded: its table rows."""
+    from dap.experiments import benchmark
 
     with _benchmark_patches(init_by_name):
         torch.manual_seed(0)
         return benchmark(methods, data, out_dir=out_dir, profile="ci", batch_size=16,
                          progress=False, use_zoo=True, train_overrides=train_overrides,
-                         variants=variants)
+                         only=variants)
 
 
 # ============================================================================================

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import pytest
 
 import dap
-from dap.config import (PROFILES, ConfigError, DiffusionConfig, from_dict, get_profile,
-                        profile_settings, replace, to_dict)
+from dap.config import ConfigError, DiffusionConfig, from_dict, replace, to_dict
+from dap.profiles import PROFILES, get_profile, profile
 
 
 def test_version():
@@ -17,7 +17,7 @@ def test_profiles(monkeypatch):
     for p in PROFILES:
         monkeypatch.setenv("DAP_PROFILE", p)
         assert get_profile() == p
-        assert profile_settings().name == p
+        assert profile().name == p
     monkeypatch.setenv("DAP_PROFILE", "CI ")
     assert get_profile() == "ci"
 
@@ -37,7 +37,7 @@ def test_bogus_profile_lists_valid_ones(monkeypatch):
 
 def test_bogus_profile_on_the_command_line():
     """The issue's acceptance check: a clear error listing the valid profiles."""
-    code = "from dap.config import get_profile; get_profile()"
+    code = "from dap.profiles import get_profile; get_profile()"
     r = subprocess.run([sys.executable, "-c", code], env={"DAP_PROFILE": "bogus", "PATH": ""},
                        capture_output=True, text=True)
     assert r.returncode != 0
@@ -100,7 +100,7 @@ def test_official_key_map_targets_exist():
     from dap.config import OFFICIAL_KEY_MAP
     from dap.methods.diffusionad import DiffusionADConfig
     from dap.models.denoiser import DenoiserConfig
-    from dap.train import TrainConfig
+    from dap.engine.train import TrainConfig
 
     classes = {c.__name__: c for c in (DiffusionConfig, DenoiserConfig, TrainConfig,
                                        DiffusionADConfig)}

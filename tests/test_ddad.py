@@ -9,9 +9,8 @@ from dap.diffusion import NoiseSchedule, conditioned_guidance, reconstruct
 from dap.features import (WRN50_2_URL, DenoiserFeatures, WideResNetFeatures, feature_distance,
                           load_wide_resnet50_2, wide_resnet50_2)
 from dap.methods import build_method
-from dap.methods.base import TrainBatch
-from dap.methods.ddad import (BENCHMARK_VARIANTS, DDAD, conditioned_reconstruct, ddad_config,
-                              gaussian_blur)
+from dap.methods.base import Reconstruction, TrainBatch, gaussian_blur
+from dap.methods.ddad import DDAD, conditioned_reconstruct, crop_score, ddad_config
 
 # few DDIM steps keep the tests fast; nothing tested here depends on their number
 FAST = {"ddim_steps": 2, "t_start": 50}
@@ -79,26 +78,28 @@ def test_guidance_shares_norm_guidance_form():
     torch.testing.assert_close(conditioned_guidance(s, x_t, eps, y, t, 0.0), eps)
 
 
+@pytest.mark.parametrize("grid", ["official", "dap"])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("shared", [False, True])
-def test_oracle_reconstruction_is_the_clean_image(eta, shared):
+def test_oracle_reconstruction_is_the_clean_image(eta, shared, grid):
     s = NoiseSchedule()
     x0 = _images(3, 16)
     out = conditioned_reconstruct(Oracle(s, x0), s, x0, t_start=250, num_inference_steps=10,
                                   w=2.0, eta=eta, generator=torch.Generator().manual_seed(0),
-                                  shared_noise=shared)
+                                  shared_noise=shared, grid=grid)
     assert out.num_model_evals == 10
     torch.testing.assert_close(out.sample, x0, atol=1e-4, rtol=1e-4)
 
 
 def test_zero_weight_is_plain_ddim():
+    """w = 0 on dap's grid (250, ..., 25 style) is DDIM from the noised input."""
     s = NoiseSchedule()
     m = _random_model()
     x = _images(2)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ours = conditioned_reconstruct(m.denoiser, s, x, t_start=100, num_inference_steps=4, w=0.0,
-                                       eta=0.0, noise=noise).sample
+                                       eta=0.0, noise=noise, grid="dap").sample
         ddim = reconstruct(m.denoiser, s, x, 100, "ddim", num_inference_steps=4, eta=0.0,
                            noise=noise).sample
     torch.testing.assert_close(ours, ddim, atol=1e-5, rtol=1e-5)
@@ -108,8 +109,12 @@ def test_conditioning_pulls_towards_the_target():
     """With a target, a larger w gives a reconstruction closer to it."""
     m = _random_model()
     x = _images(2)
-    errs = [float((m.reconstruct(x, w=w) - x).abs().mean()) for w in (0.0, 2.0, 6.0)]
+    errs = []
+    for w in (0.0, 2.0, 6.0):
+        with m.using(w=w):
+            errs.append(float((m.reconstruct(x).sample - x).abs().mean()))
     assert errs[0] > errs[1] > errs[2]
+    assert m.config.w == 2.0                          # using() restores the config
 
 
 def test_gaussian_blur_matches_scipy():
@@ -148,15 +153,23 @@ def test_predict_shapes_and_score_is_max():
     assert pred.anomaly_map.shape == (2, 64, 64) and pred.score.shape == (2,)
     assert pred.reconstruction.shape == (2, 3, 64, 64)
     assert float(pred.anomaly_map.min()) >= 0
-    torch.testing.assert_close(pred.score, pred.anomaly_map.amax(dim=(1, 2)))
+    # the official score: the max of the central 224/256 (56 of 64 px)
+    torch.testing.assert_close(pred.score, pred.anomaly_map[:, 4:60, 4:60].amax(dim=(1, 2)))
+    torch.testing.assert_close(pred.score, crop_score(pred.anomaly_map, 224 / 256))
+    with m.using(score_crop=1.0):
+        torch.testing.assert_close(m.predict(_images(2)).score, pred.anomaly_map.amax(dim=(1, 2)))
     torch.testing.assert_close(m.predict(_images(2)).score, pred.score)  # deterministic
+    rec = m.reconstruct(_images(2))
+    assert isinstance(rec, Reconstruction) and rec.sample.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(rec.sample, pred.reconstruction)
+    torch.testing.assert_close(m.anomaly_map(_images(2), rec), pred.anomaly_map)
 
 
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_scores_do_not_depend_on_the_batch(calibrated):
     m = _random_model()
     if calibrated:
-        m.calibrate(_images(4, seed=9))
+        m.fit_pixel_scale(_images(4, seed=9))
         assert torch.isfinite(m.pixel_scale)
     x = _images(16, seed=1)
     batch16 = m.predict(x)
@@ -174,13 +187,16 @@ def test_map_combines_feature_and_weighted_pixel_distance():
     m = _random_model(blur_sigma=0.0, v=0.5)
     m.pixel_scale.fill_(3.0)
     x = _images(2)
-    rec = m.reconstruct(x)
-    out = m.anomaly_maps(x, rec)
+    rec = m.reconstruct(x).sample
+    terms = m.map_terms(x, rec)
     p = (rec - x).abs().mean(1)
-    f = feature_distance(m.features(rec), m.features(x), (64, 64), 3)
-    torch.testing.assert_close(out["map"], f + 0.5 * 3.0 * p)
-    assert m.config.sigma == 0.0 and ddad_config("ci").sigma == 1.0 and \
-        ddad_config("paper").sigma == 4.0
+    f = feature_distance(m.features(rec), m.features(x), (64, 64), 3, align_corners=True)
+    assert set(terms) == {"feature", "pixel"}
+    torch.testing.assert_close(terms["pixel"], p)
+    torch.testing.assert_close(terms["feature"], f)
+    torch.testing.assert_close(m.anomaly_map(x, rec), f + 0.5 * 3.0 * p)
+    assert m.config.smoothing_sigma == 0.0 and ddad_config("ci").smoothing_sigma == 1.0 and \
+        ddad_config("paper").smoothing_sigma == 4.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,24 +325,13 @@ def test_adapt_on_a_plain_model_creates_the_copy_and_records_it():
         _random_model().adapt(_images(2))
 
 
-def test_after_training_takes_train_data_and_calibrates():
-    from dap.train import TrainData, to_uint8
-
+def test_after_training_takes_train_images_and_calibrates():
     m = _random_model(calibration_images=3)
-    info = m.after_training(TrainData(to_uint8(_images(5))))
+    uint8 = ((_images(5) + 1) * 127.5).round().to(torch.uint8)     # as training data holds them
+    info = m.after_training(uint8)
     assert set(info) == {"pixel_scale"} and info["pixel_scale"] > 0      # no adaptation asked
     assert float(m.pixel_scale) == pytest.approx(info["pixel_scale"])
     assert m.adapted_extractor is None and not m.training
-
-
-def test_benchmark_rows_share_one_model():
-    from dap.experiment import benchmark_variants
-
-    rows = benchmark_variants("ddad")
-    assert rows is BENCHMARK_VARIANTS and list(rows) == ["ddad", "ddad+DA"]
-    assert rows["ddad+DA"]["same_model_as"] == "ddad"
-    assert rows["ddad"]["overrides"]["domain_adaptation_steps"] > 0
-    assert rows["ddad"]["eval_overrides"] == {"use_adaptation": "off"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""DiffAD: noisy condition, interpolated channels, copy PSNR, KL autoencoder, phases and resume."""
+"""DiffAD: noisy condition, interpolated channels, KL autoencoder, phases and resume.
+
+The sampler's conditions against the official loop, the DDIM grids, the facts about the
+official code and the interpolated-channels ablation are in tests/test_diffad_official.py; the
+copy PSNR in tests/test_copy_metrics.py."""
 
 import math
 import warnings
@@ -7,16 +11,16 @@ import pytest
 import torch
 
 from dap.config import ConfigError, from_dict, to_dict
-from dap.copy_metrics import copy_psnr
 from dap.diffusion import NoiseSchedule
-from dap.methods import build_method, method_from_checkpoint
-from dap.methods.base import TrainBatch
-from dap.methods.diffad import (BENCHMARK_TRAIN, BENCHMARK_VARIANTS, DENOISER, PHASES, DiffAD,
-                                DiffADConfig, diffad_config, interpolate_latents,
-                                noisy_condition, pooled_max_score, score_pool_size)
+from dap.engine.checkpoint import method_from_checkpoint
+from dap.engine.train import TrainConfig, TrainData, train
+from dap.methods import build_method
+from dap.methods.base import Reconstruction, TrainBatch
+from dap.methods.diffad import (DENOISER, PHASES, DiffAD, DiffADConfig, diffad_config,
+                                interpolate_latents, noisy_condition, pooled_max_score,
+                                score_pool_size)
 from dap.models.autoencoder import (AutoencoderKL, DiagonalGaussian, autoencoder_config,
                                     autoencoder_loss, kl_divergence)
-from dap.train import TrainConfig, TrainData, train
 
 # A small, fast DiffAD: 2 + 2 steps of the first phases, 2 DDIM steps.
 FAST = dict(ae_steps=2, denoiser_steps=2, segmenter_steps=2, ddim_steps=2, train_ddim_steps=2)
@@ -123,7 +127,7 @@ def test_denoiser_training_step_closed_form(source, noisy, timestep, prediction)
         assert float(out["loss"]) == pytest.approx(float((pred - target).square().mean()), rel=1e-5)
 
 
-def test_sampling_condition_clean_and_noisy(method):
+def test_sampling_condition_clean_and_noisy_per_step(method):
     c = method.encode(_images(2))
     seen = _capture_denoiser_inputs(method)
     try:
@@ -131,9 +135,11 @@ def test_sampling_condition_clean_and_noisy(method):
         for x, _ in seen:
             torch.testing.assert_close(x[:, 4:], c)
         seen.clear()
-        z_noisy = method.sample_latents(c, sample_condition="noisy")
+        z_noisy = method.sample_latents(c, sample_condition="noisy_per_step")
         assert all(not torch.allclose(x[:, 4:], c) for x, _ in seen)
         assert [int(t.reshape(-1)[0]) for _, t in seen] == [999, 500]
+        # re-noised to each step's own t with one eps': the conditions of the two steps differ
+        assert not torch.allclose(seen[0][0][:, 4:], seen[1][0][:, 4:])
     finally:
         del method.denoiser.forward
     assert z_clean.shape == z_noisy.shape == (2, 4, 16, 16)
@@ -155,15 +161,24 @@ def test_interpolate_latents_is_linear():
 
 @pytest.mark.parametrize("lam,ref", [(1.0, "condition"), (0.0, "latent")])
 def test_interpolated_channel_ends(method, lam, ref):
-    old = method.config.interpolation_lambda
-    method.config.interpolation_lambda = lam
-    try:
+    with method.using(interpolation_lambda=lam):
         parts = method.reconstruct(_images(2))
-    finally:
-        method.config.interpolation_lambda = old
-    torch.testing.assert_close(parts["interpolated"], method.decode(parts[ref]))
+    assert method.config.interpolation_lambda == 0.5
+    assert isinstance(parts, Reconstruction)
+    torch.testing.assert_close(parts.extras["interpolated"], method.decode(parts.extras[ref]))
     if ref == "latent":
-        torch.testing.assert_close(parts["interpolated"], parts["reconstruction"])
+        torch.testing.assert_close(parts.extras["interpolated"], parts.sample)
+
+
+def test_reconstruct_is_reconstruct_parts_with_the_inference_settings(method):
+    x = _images(2)
+    rec = method.reconstruct(x)
+    assert set(rec.extras) == {"condition", "latent", "interpolated_latent", "interpolated"}
+    assert rec.sample.shape == (2, 3, 64, 64) and rec.extras["latent"].shape == (2, 4, 16, 16)
+    same = method.reconstruct_parts(x, num_steps=method.config.ddim_steps, shared_noise=True)
+    torch.testing.assert_close(rec.sample, same.sample, atol=0, rtol=0)
+    for k in rec.extras:
+        torch.testing.assert_close(rec.extras[k], same.extras[k], atol=0, rtol=0)
 
 
 def test_segmenter_input_channels():
@@ -175,56 +190,10 @@ def test_segmenter_input_channels():
         parts = m.reconstruct(x)
         inp = m._segmenter_input(x, parts)
         assert inp.shape == (2, n, 64, 64)
-        torch.testing.assert_close(inp[:, :3], parts["reconstruction"])
+        torch.testing.assert_close(inp[:, :3], parts.sample)
         torch.testing.assert_close(inp[:, -3:], x)
         if n == 9:
-            torch.testing.assert_close(inp[:, 3:6], parts["interpolated"])
-
-
-# --------------------------------------------------------------------------------------------
-# Copy PSNR
-# --------------------------------------------------------------------------------------------
-def test_copy_psnr_closed_form_and_only_mask_pixels():
-    img = torch.zeros(1, 3, 4, 4, dtype=torch.float64)
-    mask = torch.zeros(1, 4, 4)
-    mask[0, :2, :2] = 1
-    rec = img.clone()
-    rec[..., :2, :2] = 0.1               # MSE inside = 0.01
-    rec[..., 2:, 2:] = 0.9               # outside the mask: must not count
-    # PSNR = 10 log10(2^2 / 0.01)
-    expected = 10 * math.log10(4 / 0.01)
-    assert float(copy_psnr(rec, img, mask)) == pytest.approx(expected, abs=1e-9)
-    assert float(copy_psnr(rec, img, mask[:, None])) == pytest.approx(expected, abs=1e-9)
-    assert float(copy_psnr(rec, img, mask, data_range=1.0)) == pytest.approx(
-        10 * math.log10(1 / 0.01), abs=1e-9)
-    # outside: 4 pixels at 0.81, 8 pixels at 0 -> MSE 0.27
-    assert float(copy_psnr(rec, img, 1 - mask)) == pytest.approx(
-        10 * math.log10(4 / (4 * 0.81 / 12)), abs=1e-9)
-
-
-def test_copy_psnr_reductions():
-    img = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
-    rec = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
-    rec[0] = 0.1      # MSE 0.01 over 1 mask pixel
-    rec[1] = 0.2      # MSE 0.04 over 3 mask pixels
-    mask = torch.tensor([[[1, 0], [0, 0]], [[1, 1], [1, 0]]], dtype=torch.float32)
-    per = copy_psnr(rec, img, mask, reduction="none")
-    torch.testing.assert_close(per, torch.tensor([10 * math.log10(400), 10 * math.log10(100)],
-                                                 dtype=torch.float64))
-    assert float(copy_psnr(rec, img, mask)) == pytest.approx(float(per.mean()))
-    pooled = (1 * 0.01 + 3 * 0.04) / 4
-    assert float(copy_psnr(rec, img, mask, reduction="pooled")) == pytest.approx(
-        10 * math.log10(4 / pooled))
-
-
-def test_copy_psnr_empty_mask_is_a_clear_error():
-    img = torch.zeros(2, 3, 4, 4)
-    mask = torch.zeros(2, 4, 4)
-    mask[0, 1, 1] = 1
-    with pytest.raises(ValueError, match=r"image\(s\) \[1\] is empty"):
-        copy_psnr(img + 0.1, img, mask)
-    with pytest.raises(ValueError, match="must both be"):
-        copy_psnr(img[:, :, :2], img, mask)
+            torch.testing.assert_close(inp[:, 3:6], parts.extras["interpolated"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,7 +275,13 @@ def test_score_pool_scales_with_size():
 @pytest.mark.parametrize("bad,match", [
     ({"interpolation_lambda": 1.5}, "interpolation_lambda"),
     ({"score_pool": 4}, "odd"),
-    ({"noisy_condition": False, "sample_condition": "noisy"}, "clean"),
+    ({"noisy_condition": False, "sample_condition": "noisy_fixed"}, "clean"),
+    ({"noisy_condition": False, "sample_condition": "noisy_per_step"}, "clean"),
+    ({"sample_condition": "noisy"}, "noisy"),
+    ({"sample_condition_t": 1000}, "sample_condition_t"),
+    ({"sample_condition_t": -1}, "sample_condition_t"),
+    ({"ddim_grid": "ldm", "ddim_steps": 1000}, "ldm"),
+    ({"ddim_grid": "leading"}, "leading"),
     ({"segmenter": {"in_channels": 6}}, "in_channels must be 9"),
     ({"denoiser": {**to_dict(DENOISER["ci"]), "image_size": 32}}, "latent side"),
     ({"denoiser": {**to_dict(DENOISER["ci"]), "in_channels": 4}}, "concat"),
@@ -328,17 +303,6 @@ def test_config_conveniences_and_round_trip():
         diffad_config("huge")
     cfg = diffad_config("ci")
     assert from_dict(DiffADConfig, DiffAD(cfg).config_dict()) == cfg
-
-
-def test_benchmark_variants_build_and_train_long_enough():
-    c = diffad_config("ci")
-    assert BENCHMARK_TRAIN["steps"] > c.ae_steps + c.denoiser_steps
-    assert set(BENCHMARK_VARIANTS) == {"diffad", "diffad noisy-sample", "diffad clean-cond",
-                                       "diffad no-interp"}
-    for spec in BENCHMARK_VARIANTS.values():
-        diffad_config("ci", **spec.get("overrides", {}))
-        TrainConfig(**spec.get("train_overrides", BENCHMARK_TRAIN))
-    assert BENCHMARK_VARIANTS["diffad noisy-sample"]["same_model_as"] == "diffad"
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,3 +393,4 @@ def test_start_phase():
     assert int(m.phase_step) == 4 and m.phase == "segmenter"
     with pytest.raises(ValueError, match="unknown phase"):
         m.start_phase("vae")
+

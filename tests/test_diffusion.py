@@ -98,7 +98,7 @@ def test_one_step_with_oracle_recovers_x0(sched):
     x0 = torch.rand(3, 3, 16, 16) * 2 - 1
     oracle = OracleModel(sched, x0)
     for t in (0, 200, 400, 900):
-        rec = reconstruct(oracle, sched, x0, t, method="one_step")
+        rec = reconstruct(oracle, sched, x0, t, sampler="one_step")
         assert rec.num_model_evals == 1
         torch.testing.assert_close(rec.sample, x0, atol=2e-4 if t < 900 else 2e-3, rtol=0)
 
@@ -188,7 +188,7 @@ def test_ddim_step_against_diffusers(sched, eta):
 def test_iterative_reconstruction_with_oracle_recovers_x0(sched, method, kw):
     x0 = torch.rand(2, 3, 8, 8) * 2 - 1
     oracle = OracleModel(sched, x0)
-    rec = reconstruct(oracle, sched, x0, 60, method=method,
+    rec = reconstruct(oracle, sched, x0, 60, sampler=method,
                       generator=torch.Generator().manual_seed(0), **kw)
     torch.testing.assert_close(rec.sample, x0, atol=1e-3, rtol=0)
     assert rec.num_model_evals == (61 if method == "ddpm" else 5) == oracle.calls

@@ -524,7 +524,7 @@ def test_download_script_reports_checksum_error(server, tmp_path):
     r = _run("download.py", "dtd", "--root", str(tmp_path / "dtd"), "--url",
              base + "/dtd.tar.gz", "--md5", "0" * 32, "--quiet")
     assert r.returncode == 2, r.stderr
-    assert "download.py dtd: error:" in r.stderr and "md5 is" in r.stderr
+    assert "dap data download: error:" in r.stderr and "md5 is" in r.stderr
 
 
 def test_verify_script_says_what_is_missing(tmp_path):

@@ -8,12 +8,14 @@ import torch
 
 from dap.config import ConfigError
 from dap.diffusion import NoiseSchedule
-from dap.methods import build_method, method_from_checkpoint
-from dap.methods.base import TrainBatch
-from dap.methods.glad import (BENCHMARK_VARIANTS, GLAD, GLADConfig, adaptive_denoise, atp_blend,
-                              atp_noise_target, calibrate, flipped_atp_noise_target,
-                              gaussian_blur, glad_config, patch_discrepancy, saff_blend,
-                              saff_mask, stopping_rule)
+from dap.engine.checkpoint import method_from_checkpoint
+from dap.methods import build_method
+from dap.methods.base import Reconstruction, TrainBatch, ValidationSet, gaussian_blur
+from dap.methods.glad import (GLAD, GLADConfig, adaptive_denoise, atp_blend, atp_noise_target,
+                              flipped_atp_noise_target, glad_config, leading_timesteps,
+                              official_map_settings, patch_discrepancy, saff_blend, saff_mask,
+                              sigmoid_saff_mask, stopping_rule)
+from dap.methods.glad.calibration import stop_thresholds
 
 T = 1000
 
@@ -225,18 +227,18 @@ def test_gaussian_blur_and_patch_discrepancy():
 def test_calibration_takes_only_validation_tensors():
     m = _small()
     with pytest.raises(TypeError, match="validation"):
-        calibrate(m, [_images(1)[0]])
+        m.fit_thresholds([_images(1)[0]])
     with pytest.raises(ValueError, match="at least 2 normal"):
-        calibrate(m, _images(3), torch.tensor([0, 1, 1]))
+        m.fit_thresholds(_images(3), torch.tensor([0, 1, 1]))
     with pytest.raises(ValueError, match="labels"):
-        calibrate(m, _images(3), torch.tensor([0, 1]))
+        m.fit_thresholds(_images(3), torch.tensor([0, 1]))
 
 
 def test_calibration_uses_normal_images_and_survives_a_checkpoint():
     m = _small()
     assert not m.calibrated
     normal = _images(4, seed=5)
-    info = calibrate(m, normal)
+    info = m.fit_thresholds(normal)
     assert m.calibrated and info["normal_images"] == 4
     thr = m.thresholds.clone()
     steps = m.timesteps                               # 400, 320, 240, 160, 80
@@ -244,10 +246,10 @@ def test_calibration_uses_normal_images_and_survives_a_checkpoint():
     assert torch.isfinite(m.patch_means[:4]).all() and (m.patch_means[1:4] <= thr[1:4]).all()
     # synthetic anomalies (label 1) never move the thresholds
     extra = torch.cat([normal, _images(3, seed=9)])
-    calibrate(m, extra, torch.tensor([0, 0, 0, 0, 1, 1, 1]))
+    m.fit_thresholds(extra, torch.tensor([0, 0, 0, 0, 1, 1, 1]))
     torch.testing.assert_close(m.thresholds, thr, equal_nan=True)
     # at most a (1 - q) share (rounded up) of the calibration images stops early
-    stops = m.reconstruct(normal).stop_step
+    stops = m.reconstruct(normal).extras["stop_step"]
     early = (stops > 200).sum().item()
     assert early <= math.ceil((1 - m.config.threshold_quantile) * 4)
     assert set(stops.tolist()) <= set(steps[1:4])
@@ -266,19 +268,52 @@ def test_predict_modes_and_uncalibrated_warning():
         pred = m.predict(x)
     assert pred.anomaly_map.shape == (3, 64, 64) and pred.score.shape == (3,)
     assert pred.reconstruction.shape == x.shape and torch.isfinite(pred.anomaly_map).all()
-    calibrate(m, _images(4, seed=5))
-    m.config.adaptive = False                          # "glad fixed-step"
-    assert m.reconstruct(x).stop_step.tolist() == [160] * 3
-    m.config.adaptive = True
-    m.config.saff = False                              # "glad no-SAFF": x0_r at the stop
-    out = m.reconstruct(x)
-    m.config.saff = True
+    m.fit_thresholds(_images(4, seed=5))
+    with m.using(adaptive=False):                      # "glad fixed-step"
+        assert m.reconstruct(x).extras["stop_step"].tolist() == [160] * 3
+    with m.using(saff=False):                          # "glad no-SAFF": x0_r at the stop
+        out = m.reconstruct(x)
     fused = m.reconstruct(x)
-    assert torch.equal(out.stop_step, fused.stop_step)
-    assert not torch.allclose(out.reconstruction, fused.reconstruction)
-    m.config.t_start = 360                              # other timesteps: recalibrate
-    with pytest.raises(ConfigError, match="calibrate"):
-        m.predict(x)
+    assert isinstance(fused, Reconstruction) and set(fused.extras) == {"stop_step", "input_x0",
+                                                                        "scores"}
+    assert fused.extras["input_x0"].shape == x.shape
+    assert fused.extras["scores"].shape == (3, len(m.timesteps))
+    assert torch.equal(out.extras["stop_step"], fused.extras["stop_step"])
+    assert not torch.allclose(out.sample, fused.sample)
+    with m.using(t_start=360):                         # other timesteps: recalibrate
+        with pytest.raises(ConfigError, match="calibrate"):
+            m.predict(x)
+
+
+def test_map_terms_and_anomaly_map():
+    m = _small()
+    x = _images(2, seed=3)
+    m.fit_thresholds(_images(4, seed=5))
+    rec = m.reconstruct(x).sample
+    terms = m.map_terms(x, rec)
+    assert set(terms) == {"feature", "pixel"}
+    assert all(v.shape == (2, 64, 64) for v in terms.values())
+    torch.testing.assert_close(terms["pixel"], (x - rec).abs().mean(dim=1))
+    s_f, s_p = m.map_scale
+    expected = gaussian_blur(terms["feature"] / s_f + terms["pixel"] / s_p,
+                             m.config.smoothing_sigma, truncate=3.0)
+    torch.testing.assert_close(m.anomaly_map(x, rec), expected)
+    pred = m.predict(x)
+    torch.testing.assert_close(pred.anomaly_map, expected)
+    torch.testing.assert_close(pred.reconstruction, rec)
+
+
+def test_after_training_calibrates_on_the_validation_set_only():
+    m = _small()
+    train = _images(3, seed=11)
+    assert m.after_training(train) is None and not m.calibrated
+    images = torch.cat([_images(4, seed=5), _images(2, seed=9)])
+    val = ValidationSet(images, torch.zeros(6, 64, 64), torch.tensor([0, 0, 0, 0, 1, 1]))
+    info = m.after_training(train, val)
+    assert m.calibrated and info["normal_images"] == 4
+    thr = m.thresholds.clone()
+    m.fit_thresholds(_images(4, seed=5))                    # the same normal images, the same result
+    torch.testing.assert_close(m.thresholds, thr, equal_nan=True)
 
 
 # -- configs and registry -------------------------------------------------------------------------
@@ -293,6 +328,12 @@ def test_predict_modes_and_uncalibrated_warning():
     {"smoothing_sigma": -1.0},
     {"after_stop": "later"},
     {"adaptive_steps": True},                  # unknown key
+    {"timestep_spacing": "trailing"},
+    {"saff_mask": "hard"},
+    {"smoothing_truncate": 0.0},
+    {"stop_at_first_step": True},              # needs the leading grid
+    {"timestep_spacing": "leading", "t_start": 15, "num_inference_steps": 10},
+    {"map_preset": "paper"},
 ])
 def test_config_errors(bad):
     with pytest.raises(ConfigError):
@@ -300,6 +341,8 @@ def test_config_errors(bad):
 
 
 def test_presets_registry_and_benchmark_variants():
+    from dap.experiments import variants
+
     with pytest.raises(ConfigError, match="preset"):
         glad_config("huge")
     assert glad_config("ci").top_k == 3 and glad_config("paper").top_k == 50
@@ -307,12 +350,14 @@ def test_presets_registry_and_benchmark_variants():
     assert isinstance(m, GLAD) and m.image_size == 64 and m.extractor_name
     assert GLAD.from_config_dict(m.config_dict()).config == m.config
     fields = {f.name for f in dataclasses.fields(GLADConfig)}
-    labels = list(BENCHMARK_VARIANTS)
+    rows = variants("glad")
+    labels = list(rows)
     assert labels[0] == "glad" and set(labels) == {"glad", "glad fixed-step", "glad no-ATP",
                                                    "glad no-SAFF"}
-    for label, spec in BENCHMARK_VARIANTS.items():
-        for key in ("overrides", "eval_overrides"):
-            assert set(spec.get(key, {})) <= fields
-        if "same_model_as" in spec:
-            assert labels.index(spec["same_model_as"]) < labels.index(label)
-    assert BENCHMARK_VARIANTS["glad no-ATP"]["overrides"] == {"atp": False}
+    for label, spec in rows.items():
+        assert set(spec.overrides) <= fields and set(spec.eval_overrides) <= fields
+        with m.using(**spec.eval_overrides):            # evaluation changes need no new model
+            pass
+        if spec.same_model_as is not None:
+            assert labels.index(spec.same_model_as) < labels.index(label)
+    assert rows["glad no-ATP"].overrides == {"atp": False}

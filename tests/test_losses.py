@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dap.losses import focal_loss, mask_loss, masked_noise_loss, smooth_l1_loss
+from dap.losses import focal_loss, masked_noise_loss, smooth_l1_loss
+from dap.methods.diffusionad.ops import joint_noise_loss, mask_loss
 
 
 def _focal_by_hand(p: float, y: int, alpha: float, gamma: float) -> float:
@@ -121,13 +122,25 @@ def test_mask_loss_is_smooth_l1_plus_five_focal():
     g = torch.Generator().manual_seed(5)
     z = torch.randn(2, 1, 8, 8, generator=g)
     y = (torch.rand(2, 1, 8, 8, generator=g) > 0.8).float()
-    out = mask_loss(z, y, from_logits=True)
+    out = mask_loss(z, y)          # DiffusionAD's L_mask (dap.methods.diffusionad.ops)
     torch.testing.assert_close(out.smooth_l1, smooth_l1_loss(torch.sigmoid(z), y))
-    torch.testing.assert_close(out.focal, focal_loss(z, y, from_logits=True))
+    torch.testing.assert_close(out.focal, focal_loss(z, y, alpha=0.5, gamma=4.0, from_logits=True))
     torch.testing.assert_close(out.total, out.smooth_l1 + 5 * out.focal)
-    # probability and logit paths agree away from saturation
-    probs = mask_loss(torch.sigmoid(z), y, from_logits=False)
-    torch.testing.assert_close(probs.total, out.total, rtol=1e-4, atol=1e-6)
+    # the focal term from logits agrees with the official probability path away from saturation
+    probs_total = (smooth_l1_loss(torch.sigmoid(z), y)
+                   + 5 * focal_loss(torch.sigmoid(z), y, from_logits=False))
+    torch.testing.assert_close(probs_total, out.total, rtol=1e-4, atol=1e-6)
+
+
+def test_joint_noise_loss_is_the_mean_of_the_two_scales_over_normal_samples():
+    g = torch.Generator().manual_seed(6)
+    e = [torch.randn(3, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(4)]
+    normal = torch.tensor([True, False, True])
+    # float64 reference: per-sample MSE of each scale, mean over normal samples, halved sum
+    ref = sum(((e[0][i] - e[1][i]) ** 2).mean() + ((e[2][i] - e[3][i]) ** 2).mean()
+              for i in (0, 2)) / 2 / 2
+    torch.testing.assert_close(joint_noise_loss(e[0], e[1], e[2], e[3], normal), ref)
+    assert joint_noise_loss(e[0], e[1], e[2], e[3], torch.zeros(3, dtype=torch.bool)) == 0
 
 
 # --------------------------------------------------------------------------------------------

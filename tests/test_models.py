@@ -11,7 +11,6 @@ from torch import nn
 from dap.config import ConfigError, from_dict, to_dict
 from dap.models import (
     DENOISER_PRESETS,
-    PROFILE_PRESETS,
     SEGMENTER_PRESETS,
     DenoiserConfig,
     DenoiserUNet,
@@ -72,15 +71,6 @@ def test_paper_groupnorm_is_official_groupnorm32():
         model = DenoiserUNet(denoiser_config("paper"))
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     assert norms and all(m.num_groups == 32 for m in norms)
-
-
-def test_presets_and_profiles_line_up():
-    assert set(DENOISER_PRESETS) == set(SEGMENTER_PRESETS) == set(PROFILE_PRESETS.values())
-    # each preset's image size is the profile's (ci 64, cpu 128, full 256)
-    from dap.config import PROFILE_SETTINGS
-
-    for profile, preset in PROFILE_PRESETS.items():
-        assert denoiser_config(preset).image_size == PROFILE_SETTINGS[profile].image_size
 
 
 # --------------------------------------------------------------------------------------------

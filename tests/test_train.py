@@ -9,8 +9,8 @@ from torch import nn
 
 from dap.config import ConfigError
 from dap.methods.base import AnomalyMethod, Prediction
-from dap.train import (TrainConfig, TrainData, check_same_config, load_checkpoint, save_checkpoint,
-                       train)
+from dap.engine.checkpoint import check_same_config, load_checkpoint, save_checkpoint
+from dap.engine.train import TrainConfig, TrainData, TrainingDiverged, train
 
 
 class TinyMethod(AnomalyMethod):
@@ -45,13 +45,13 @@ def _data(n=10, size=8):
 
 
 def _cfg(**kw):
-    base = dict(steps=8, batch_size=3, lr=1e-2, val_every=4, log_every=1, select_metric="val")
+    base = dict(steps=8, batch_size=3, lr=1e-2, val_every=4, log_every=1, select_metric="val_mean")
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _validate(m):
-    return {"val": -float(sum(p.detach().abs().sum() for p in m.parameters()))}
+    return {"val_mean": -float(sum(p.detach().abs().sum() for p in m.parameters()))}
 
 
 def test_index_stream_is_a_pure_function_and_covers_every_image():
@@ -96,7 +96,7 @@ def test_checkpoint_contents_and_selection(tmp_path):
         assert key in ck
     assert ck["step"] == 8 and len(res.validations) == 2
     best = load_checkpoint(tmp_path / "best.pt")
-    assert best["metrics"]["val"] == max(v["val"] for v in res.validations)
+    assert best["metrics"]["val_mean"] == max(v["val_mean"] for v in res.validations)
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
@@ -126,7 +126,7 @@ def test_nan_loss_stops_with_advice():
         def forward(self, batch, generator=None):
             return {"loss": self.conv.weight.sum() * float("nan")}
 
-    with pytest.raises(FloatingPointError, match="grad_clip"):
+    with pytest.raises(TrainingDiverged, match="grad_clip"):
         train(Broken(), _data(), _cfg(steps=2), progress=False)
 
 

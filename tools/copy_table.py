@@ -2,13 +2,20 @@
 
 For each built-in category, the defective test images are reconstructed by the shipped DiffusionAD
 model and by every DiffAD model that ``python -m dap benchmark --methods diffad`` trained under
-the given output folders; the table gives (mean over categories, in dB):
+the given output folders (the ``diffad`` model also sampled with the official alternative
+condition, ``noisy_fixed``); the table gives, in dB, means over categories of per-image means:
 
-- copy PSNR: reconstruction vs input inside the defects (lower = less of the defect copied),
-- context PSNR: the same outside the defects (higher = normal detail kept),
-- repair PSNR: reconstruction vs the clean original inside the defects (higher = repaired).
+- copy PSNR over the defect's pixels (``copy_psnr_region``; lower = less of the defect copied),
+- copy PSNR of the masked images over the whole image (``copy_psnr_masked_image``, the same
+  error read over every pixel: the region's value + 10 log10(1 / mask fraction)),
+- the mean of 10 log10(1 / mask fraction) (``mask_gain_db``), the gap between the two,
+- context PSNR (outside the defects; higher = normal detail kept),
+- repair PSNR (vs the clean original over the defect's pixels; higher = repaired).
 
-The paper (DiffAD, MVTec AD) reports copy PSNR 36.73 dB for DiffAD and 38.49 dB for DRAEM.
+The paper (DiffAD, MVTec AD, 256 px) reports 36.73 dB (DiffAD) and 38.49 dB (DRAEM) without its
+formula; only the masked-image column is on that scale, and the table prints the paper's values
+on their own line, never in a column of dap's. Writes ``copy-psnr.{md,csv,json}`` (the JSON is
+a results file with its provenance, :func:`dap.report.write_tables`).
 
     python tools/copy_table.py runs/benchmark-diffad runs/benchmark-diffad-ablation \
         --out runs/copy-psnr
@@ -18,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 
@@ -27,12 +33,16 @@ import torch
 
 from dap import zoo
 from dap.analysis import load_test_tensors
-from dap.copy_metrics import copy_measures
-from dap.evaluate import write_atomic
-from dap.methods import load_method
+from dap.config import replace
+from dap.copy_metrics import COPY_KEYS, PAPER_COPY_PSNR, copy_measures
+from dap.engine.checkpoint import load_method
+from dap.io import atomic_write_text
+from dap.report import write_tables
 
 CATEGORIES = ("brick", "grass", "gravel")
-KEYS = ("copy_psnr", "context_psnr", "repair_psnr")
+HEADINGS = {"copy_psnr_region": "copy PSNR, defect pixels", "copy_psnr_masked_image":
+            "copy PSNR, masked image", "mask_gain_db": "10 log10(1 / mask fraction)",
+            "context_psnr": "context PSNR", "repair_psnr": "repair PSNR"}
 
 
 def models_for(category: str, dirs: list[Path]) -> dict[str, torch.nn.Module]:
@@ -42,11 +52,23 @@ def models_for(category: str, dirs: list[Path]) -> dict[str, torch.nn.Module]:
         for ckpt in sorted((root / "train").glob(f"*-builtin-{category}/last.pt")):
             label = ckpt.parent.name[: -len(f"-builtin-{category}")]
             found[label] = load_method(ckpt)
-            if label == "diffad":        # the benchmark's "noisy-sample" row: the same weights
+            if label == "diffad":        # the same weights, sampled with the official alternative
                 noisy = copy.deepcopy(found[label])
-                noisy.config.sample_condition = "noisy"
-                found["diffad noisy-sample"] = noisy
+                noisy.config = replace(noisy.config, sample_condition="noisy_fixed")
+                found["diffad noisy-fixed"] = noisy
     return found
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """dap's rows in dB, then the paper's values on their own line, labelled as the paper's."""
+    head = ["model", *(HEADINGS[k] for k in COPY_KEYS), "categories"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r[k]:.2f}" if isinstance(r.get(k), float) else "—" for k in COPY_KEYS]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['categories']} |")
+    paper = ", ".join(f"{k} {v:.2f} dB" for k, v in PAPER_COPY_PSNR.items())
+    return ("\n".join(lines) + "\n\nThe paper's copy PSNR (MVTec AD, 256 px, formula not stated; "
+            f"on the scale of the masked-image column, not of the defect-pixel one): {paper}.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,15 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             per.setdefault(label, {})[cat] = copy_measures(rec, test.images, test.masks,
                                                            test.cleans)
             print(cat, label, {k: round(v, 2) for k, v in per[label][cat].items()}, flush=True)
-    lines = ["| model | copy PSNR (dB, lower = less copied) | context PSNR | repair PSNR |"
-             " categories |", "|---|---|---|---|---|"]
-    for label, cats in per.items():
-        mean = {k: float(np.mean([v[k] for v in cats.values()])) for k in KEYS}
-        lines.append(f"| {label} | {mean['copy_psnr']:.2f} | {mean['context_psnr']:.2f} | "
-                     f"{mean['repair_psnr']:.2f} | {', '.join(cats)} |")
-    table = "\n".join(lines) + "\n"
-    write_atomic(args.out / "copy-psnr.md", table)
-    write_atomic(args.out / "copy-psnr.json", json.dumps(per, indent=1))
+    rows = [{"method": label, "categories": ", ".join(cats),
+             **{k: float(np.mean([v[k] for v in cats.values()])) for k in COPY_KEYS}}
+            for label, cats in per.items()]
+    per_cat = [{"method": label, "category": f"builtin:{cat}", **values}
+               for label, cats in per.items() for cat, values in cats.items()]
+    write_tables(per_cat, args.out, stem="copy-psnr-per-category", extra=COPY_KEYS)
+    write_tables(rows, args.out, stem="copy-psnr", extra=COPY_KEYS)
+    table = table_markdown(rows)
+    atomic_write_text(args.out / "copy-psnr.md", table)   # the dB table (write_tables' is in %)
     print(table)
     return 0
 

@@ -10,11 +10,14 @@
 * :func:`check_guidance_identity` -- x0_g = x0_s + w (1 - abar_ts)(x0_b - x0_s) (eqs. 7-8);
   :func:`sweep_guidance_weight` -- the w ablation (Fig. 10). Taught in
   ``notebooks/04_norm_guidance``.
+* :func:`run_adaptive` -- GLAD's adaptive reconstructions, stop steps and anomaly maps over a
+  stack of test images. Taught in ``notebooks/08_adaptive_diffusion``.
 
 Every sweep returns per-image values (never only a mean), so a notebook can show the spread;
 :func:`median_iqr` summarises them.
 """
 
+from dap.analysis.adaptive import run_adaptive
 from dap.analysis.data import KINDS, TestTensors, load_test_tensors, split_by_area, spread_indices
 from dap.analysis.guidance import (METRIC_NAMES, GuidanceSweep, IdentityCheck,
                                    check_guidance_identity, sweep_guidance_weight)
@@ -29,4 +32,5 @@ __all__ = [
     "RepairSweep", "repair_errors", "remaining_fraction", "sweep_repair", "first_t_below",
     "IdentityCheck", "check_guidance_identity", "GuidanceSweep", "sweep_guidance_weight",
     "METRIC_NAMES", "Spread", "median_iqr", "per_image_mse", "auroc_standard_error",
+    "run_adaptive",
 ]

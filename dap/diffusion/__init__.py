@@ -5,7 +5,8 @@ conditioned guidance in ``notebooks/07_conditioned_denoising``.
 """
 
 from dap.diffusion.guidance import NormGuidedOutput, conditioned_guidance, norm_guided
-from dap.diffusion.sampling import METHODS, Reconstruction, ddim_timesteps, reconstruct
+from dap.diffusion.sampling import (SAMPLERS, Denoised, LoopOutput, Step, ddim_timesteps,
+                                   denoise_loop, reconstruct)
 from dap.diffusion.schedule import NoiseSchedule, StepOutput, cosine_betas, linear_betas
 
 __all__ = [
@@ -14,9 +15,12 @@ __all__ = [
     "linear_betas",
     "cosine_betas",
     "reconstruct",
-    "Reconstruction",
+    "Denoised",
+    "denoise_loop",
+    "Step",
+    "LoopOutput",
     "ddim_timesteps",
-    "METHODS",
+    "SAMPLERS",
     "norm_guided",
     "NormGuidedOutput",
     "conditioned_guidance",

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from dap.diffusion.sampling import NoiseModel
-from dap.diffusion.schedule import NoiseSchedule, _as_timesteps
+from dap.diffusion.schedule import NoiseSchedule, as_timesteps
 
 
 class NormGuidedOutput(NamedTuple):
@@ -43,7 +43,7 @@ class NormGuidedOutput(NamedTuple):
 def norm_guided(
     model: NoiseModel,
     schedule: NoiseSchedule,
-    x0: Tensor,
+    images: Tensor,
     t_s: int | Tensor = 200,
     t_b: int | Tensor = 400,
     w: float = 1.0,
@@ -59,8 +59,8 @@ def norm_guided(
     ----------
     model : callable ``(x_t, t) -> eps``
     schedule : NoiseSchedule
-    x0 : Tensor ``(B, C, H, W)`` in [-1, 1]
-        The (possibly anomalous) input.
+    images : Tensor ``(B, C, H, W)`` in [-1, 1]
+        The (possibly anomalous) input x, the image both scales are noised from.
     t_s, t_b : int or Tensor ``(B,)``
         Small and big steps (paper inference: 200 and 400; training: U[0, 300) and U[300, 1000)).
     w : float
@@ -77,16 +77,18 @@ def norm_guided(
     -------
     NormGuidedOutput
     """
-    b = x0.shape[0]
-    ts = _as_timesteps(t_s, b, x0.device)
-    tb = _as_timesteps(t_b, b, x0.device)
+    b = images.shape[0]
+    ts = as_timesteps(t_s, b, images.device)
+    tb = as_timesteps(t_b, b, images.device)
     if noise_s is None:
-        noise_s = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise_s = torch.randn(images.shape, generator=generator, device=images.device,
+                              dtype=images.dtype)
     if noise_b is None:
-        noise_b = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise_b = torch.randn(images.shape, generator=generator, device=images.device,
+                              dtype=images.dtype)
     # eq. 1 at both scales
-    x_ts = schedule.add_noise(x0, noise_s, ts)
-    x_tb = schedule.add_noise(x0, noise_b, tb)
+    x_ts = schedule.add_noise(images, noise_s, ts)
+    x_tb = schedule.add_noise(images, noise_b, tb)
     if single_pass:
         eps_s, eps_b = model(torch.cat([x_ts, x_tb]), torch.cat([ts, tb])).split(b)
     else:
@@ -94,8 +96,8 @@ def norm_guided(
     # eq. 6 at both scales
     x0_s = schedule.pred_original_sample(x_ts, eps_s, ts, clip_sample)
     x0_b = schedule.pred_original_sample(x_tb, eps_b, tb, clip_sample)
-    sa = schedule._at(schedule.sqrt_alphas_cumprod, ts, x0)
-    s1a = schedule._at(schedule.sqrt_one_minus_alphas_cumprod, ts, x0)
+    sa = schedule.coefficient("sqrt_alphas_cumprod", ts, images)
+    s1a = schedule.coefficient("sqrt_one_minus_alphas_cumprod", ts, images)
     # eq. 7: n_ts = sqrt(abar_ts) x0_b + sqrt(1 - abar_ts) eps_theta(x_ts)  (predicted noise, not fresh)
     n_ts = sa * x0_b + s1a * eps_s
     # eq. 7: eps_g = eps_theta(x_ts) - sqrt(1 - abar_ts) w (n_ts - x_ts)
@@ -150,8 +152,8 @@ def conditioned_guidance(
     -------
     Tensor ``(B, C, H, W)``: eps_hat.
     """
-    sa = schedule._at(schedule.sqrt_alphas_cumprod, t, x_t)
-    s1a = schedule._at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+    sa = schedule.coefficient("sqrt_alphas_cumprod", t, x_t)
+    s1a = schedule.coefficient("sqrt_one_minus_alphas_cumprod", t, x_t)
     # y_t = sqrt(abar_t) y + sqrt(1 - abar_t) eps_theta   (predicted noise, not fresh)
     y_t = sa * y + s1a * eps
     # eps_hat = eps_theta - sqrt(1 - abar_t) w (y_t - x_t)

@@ -23,7 +23,7 @@ from torch import Tensor
 from dap.config import ConfigError, DiffusionConfig
 
 
-def _as_timesteps(timesteps: int | Tensor, batch: int, device: torch.device) -> Tensor:
+def as_timesteps(timesteps: int | Tensor, batch: int, device: torch.device) -> Tensor:
     """Timesteps as a ``(B,)`` int64 tensor on ``device`` (an int is broadcast)."""
     if isinstance(timesteps, Tensor):
         t = timesteps.to(device=device, dtype=torch.long).reshape(-1)
@@ -38,6 +38,20 @@ def _as_timesteps(timesteps: int | Tensor, batch: int, device: torch.device) -> 
 def linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
     """DDPM's linear schedule, float64: beta_t evenly spaced from beta_start to beta_end."""
     return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+
+
+def scaled_linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """Latent Diffusion's "linear" schedule (diffusers: ``scaled_linear``), float64: sqrt(beta_t)
+    evenly spaced from sqrt(beta_start) to sqrt(beta_end)::
+
+        beta_t = (sqrt(beta_start) + t / (T - 1) (sqrt(beta_end) - sqrt(beta_start)))^2
+
+    Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion Models" (CVPR 2022),
+    ``make_beta_schedule("linear", ...)`` of its code; DiffAD's official configs/mvtec.yaml uses
+    0.0015 -> 0.02. (LDM's own name ``sqrt_linear`` means the opposite: beta evenly spaced.)
+    """
+    return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps,
+                          dtype=torch.float64) ** 2
 
 
 def cosine_betas(num_train_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -97,10 +111,13 @@ class NoiseSchedule:
         self.config = DiffusionConfig(num_train_timesteps, beta_schedule, beta_start, beta_end)  # type: ignore[arg-type]
         if beta_schedule == "linear":
             betas64 = linear_betas(num_train_timesteps, beta_start, beta_end)
+        elif beta_schedule == "scaled_linear":
+            betas64 = scaled_linear_betas(num_train_timesteps, beta_start, beta_end)
         elif beta_schedule == "cosine":
             betas64 = cosine_betas(num_train_timesteps)
         else:
-            raise ConfigError(f"unknown beta_schedule {beta_schedule!r}; use 'linear' or 'cosine'")
+            raise ConfigError(f"unknown beta_schedule {beta_schedule!r}; use 'linear', "
+                              "'scaled_linear' or 'cosine'")
         self.num_train_timesteps = num_train_timesteps
         # alpha_t = 1 - beta_t
         alphas64 = 1.0 - betas64
@@ -147,9 +164,26 @@ class NoiseSchedule:
                 f"beta_end={c.beta_end})")
 
     # ----------------------------------------------------------------------------------------
+    #: the per-step tables :meth:`coefficient` reads (diffusers' names)
+    TABLES: tuple[str, ...] = ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev",
+                               "posterior_variance", "sqrt_alphas_cumprod",
+                               "sqrt_one_minus_alphas_cumprod", "posterior_mean_coef1",
+                               "posterior_mean_coef2")
+
+    def coefficient(self, name: str, timesteps: int | Tensor, like: Tensor) -> Tensor:
+        """The table ``name`` at ``timesteps``, shaped to broadcast over ``like``.
+
+        ``schedule.coefficient("sqrt_alphas_cumprod", t, x)`` is sqrt(abar_t) as a
+        ``(B, 1, 1, 1)`` tensor of ``x``'s dtype and device, for a ``(B, C, H, W)`` ``x``;
+        ``name`` is one of :attr:`TABLES`.
+        """
+        if name not in self.TABLES:
+            raise ValueError(f"unknown schedule table {name!r}; tables: {list(self.TABLES)}")
+        return self._at(getattr(self, name), timesteps, like)
+
     def _at(self, table: Tensor, timesteps: int | Tensor, like: Tensor) -> Tensor:
         """table[t] reshaped to broadcast over ``like`` (B, 1, 1, ...)."""
-        t = _as_timesteps(timesteps, like.shape[0], like.device)
+        t = as_timesteps(timesteps, like.shape[0], like.device)
         if int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps:
             raise ValueError(
                 f"timesteps must lie in [0, {self.num_train_timesteps - 1}], "
@@ -221,8 +255,19 @@ class NoiseSchedule:
         StepOutput
             ``prev_sample`` x_{t-1} and ``pred_original_sample`` x0_hat.
         """
-        t = _as_timesteps(timestep, sample.shape[0], sample.device)
+        t = as_timesteps(timestep, sample.shape[0], sample.device)
         x0 = self.pred_original_sample(sample, model_output, t, clip_sample=clip_sample)
+        return StepOutput(self.ddpm_update(x0, t, sample, noise, generator), x0)
+
+    def ddpm_update(self, pred_original_sample: Tensor, timestep: int | Tensor, sample: Tensor,
+                    noise: Tensor | None = None, generator: torch.Generator | None = None
+                    ) -> Tensor:
+        """x_{t-1} from x_t and an x0 estimate: the posterior mean plus sigma_t z (DDPM eq. 7).
+
+        The second half of :meth:`ddpm_step`, for loops that correct x0 before stepping.
+        """
+        t = as_timesteps(timestep, sample.shape[0], sample.device)
+        x0 = pred_original_sample
         # mu = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t
         mean = (self._at(self.posterior_mean_coef1, t, sample) * x0
                 + self._at(self.posterior_mean_coef2, t, sample) * sample)
@@ -232,8 +277,7 @@ class NoiseSchedule:
                                 dtype=sample.dtype)
         nonzero = (t > 0).to(sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
         # x_{t-1} = mu + sigma_t z  (sigma_t = 0 at t = 0)
-        prev = mean + nonzero * var.sqrt() * noise
-        return StepOutput(prev, x0)
+        return mean + nonzero * var.sqrt() * noise
 
     def ddim_step(self, model_output: Tensor, timestep: int | Tensor,
                   prev_timestep: int | Tensor, sample: Tensor, eta: float = 0.0,
@@ -246,23 +290,40 @@ class NoiseSchedule:
         ``prev_timestep`` < 0 means abar_{t'} = 1 (the final step to x_0).
         eta = 0 is deterministic DDIM; eta = 1 matches DDPM's variance.
         """
-        t = _as_timesteps(timestep, sample.shape[0], sample.device)
-        tp = _as_timesteps(prev_timestep, sample.shape[0], sample.device)
-        abar = self._at(self.alphas_cumprod, t, sample)
-        s1a = self._at(self.sqrt_one_minus_alphas_cumprod, t, sample)
-        # a negative prev_timestep means the final step to x_0: abar = 1
-        table = self.alphas_cumprod.to(sample.device)
-        abar_prev = torch.where(tp >= 0, table[tp.clamp(min=0)], torch.ones_like(table[:1]))
-        abar_prev = abar_prev.to(sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
+        t = as_timesteps(timestep, sample.shape[0], sample.device)
         x0 = self.pred_original_sample(sample, model_output, t, clip_sample=clip_sample)
         # the noise direction consistent with the (possibly clipped) x0_hat
-        eps = (sample - abar.sqrt() * x0) / s1a if clip_sample else model_output
+        # eps = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)
+        eps = ((sample - self._at(self.alphas_cumprod, t, sample).sqrt() * x0)
+               / self._at(self.sqrt_one_minus_alphas_cumprod, t, sample)) if clip_sample \
+            else model_output
+        return StepOutput(self.ddim_update(x0, eps, t, prev_timestep, eta, noise, generator), x0)
+
+    def ddim_update(self, pred_original_sample: Tensor, pred_epsilon: Tensor,
+                    timestep: int | Tensor, prev_timestep: int | Tensor, eta: float = 0.0,
+                    noise: Tensor | None = None, generator: torch.Generator | None = None
+                    ) -> Tensor:
+        """x_{t'} from an x0 estimate and a noise direction (DDIM eq. 12, the second half of
+        :meth:`ddim_step`), for loops that correct x0 or eps before stepping.
+
+        x_{t'} = sqrt(abar_{t'}) x0 + sqrt(1 - abar_{t'} - sigma^2) eps + sigma z;
+        ``prev_timestep`` < 0 means abar_{t'} = 1.
+        """
+        x0, eps = pred_original_sample, pred_epsilon
+        t = as_timesteps(timestep, x0.shape[0], x0.device)
+        tp = as_timesteps(prev_timestep, x0.shape[0], x0.device)
+        abar = self._at(self.alphas_cumprod, t, x0)
+        # a negative prev_timestep means the final step to x_0: abar = 1
+        table = self.alphas_cumprod.to(x0.device)
+        abar_prev = torch.where(tp >= 0, table[tp.clamp(min=0)], torch.ones_like(table[:1]))
+        abar_prev = abar_prev.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
         # sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)
         sigma = eta * ((1.0 - abar_prev) / (1.0 - abar)).sqrt() * (1.0 - abar / abar_prev).sqrt()
+        # x_{t'} = sqrt(abar_{t'}) x0 + sqrt(1 - abar_{t'} - sigma^2) eps
         prev = abar_prev.sqrt() * x0 + (1.0 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0:
             if noise is None:
-                noise = torch.randn(sample.shape, generator=generator, device=sample.device,
-                                    dtype=sample.dtype)
+                noise = torch.randn(x0.shape, generator=generator, device=x0.device,
+                                    dtype=x0.dtype)
             prev = prev + sigma * noise
-        return StepOutput(prev, x0)
+        return prev

@@ -1,39 +1,34 @@
-"""Anomaly-detection methods, one module each, all with the interface of :mod:`dap.methods.base`.
+"""Anomaly-detection methods, one package each, all with the contract of :mod:`dap.methods.base`.
 
-``build_method(name, preset, **overrides)`` makes a fresh model; ``load_method(path)`` rebuilds
-one from a checkpoint (its own config, weights loaded with ``weights_only=True``).
+``build_method(name, preset, **overrides)`` makes a fresh model; ``method_class(name)`` is the
+class a checkpoint names (:mod:`dap.engine.checkpoint` rebuilds models from checkpoints).
+
+=============  =========================================================  ==============
+name           method                                                     notebook
+=============  =========================================================  ==============
+diffusionad    DiffusionAD: norm-guided one-step denoising + segmenter    06
+ddad           DDAD: conditioned denoising, feature + pixel distance      07
+glad           GLAD: adaptive steps, anomaly-aware training, SAFF         08
+diffad         DiffAD: latent diffusion, noisy condition, interpolation   09
+=============  =========================================================  ==============
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 from dap.config import ConfigError
-from dap.methods.base import AnomalyMethod, Prediction, TrainBatch, top_k_mean
+from dap.methods.base import (PRESETS, AnomalyMethod, Prediction, Reconstruction, TrainBatch,
+                              ValidationSet, check_preset, top_k_mean)
 
-# name -> (module, class, preset-config function)
+# name -> (package, class, preset-config function)
 REGISTRY: dict[str, tuple[str, str, str]] = {
     "diffusionad": ("dap.methods.diffusionad", "DiffusionAD", "diffusionad_config"),
+    "ddad": ("dap.methods.ddad", "DDAD", "ddad_config"),
+    "glad": ("dap.methods.glad", "GLAD", "glad_config"),
+    "diffad": ("dap.methods.diffad", "DiffAD", "diffad_config"),
 }
-
-
-def register(name: str, module: str, cls: str, config_fn: str) -> None:
-    """Add a method to the registry (each method module is listed in ``_BUILTIN`` below)."""
-    REGISTRY[name] = (module, cls, config_fn)
-
-
-# The related methods; a module that is not there yet is simply not registered.
-for _name, _module, _cls, _cfg in (
-    ("ddad", "dap.methods.ddad", "DDAD", "ddad_config"),
-    ("glad", "dap.methods.glad", "GLAD", "glad_config"),
-    ("diffad", "dap.methods.diffad", "DiffAD", "diffad_config"),
-):
-    if importlib.util.find_spec(_module) is not None:
-        register(_name, _module, _cls, _cfg)
-PROFILE_PRESET = {"ci": "ci", "cpu": "cpu", "full": "paper"}
 
 
 def _entry(name: str):
@@ -44,27 +39,22 @@ def _entry(name: str):
     return getattr(mod, cls), getattr(mod, cfg_fn)
 
 
+def method_class(name: str) -> type[AnomalyMethod]:
+    """The class of method ``name`` (a :class:`ConfigError` lists the known names)."""
+    return _entry(name)[0]
+
+
+def method_config(name: str, preset: str = "paper", **overrides: Any):
+    """The config of method ``name`` at ``preset`` (``ci``, ``cpu``, ``paper``) with overrides."""
+    return _entry(name)[1](preset, **overrides)
+
+
 def build_method(name: str, preset: str = "paper", **overrides: Any) -> AnomalyMethod:
     """A fresh method ``name`` from its ``preset`` (``ci``, ``cpu``, ``paper``) config."""
     cls, cfg_fn = _entry(name)
     return cls(cfg_fn(preset, **overrides))
 
 
-def method_from_checkpoint(ckpt: dict) -> AnomalyMethod:
-    """Rebuild the method a loaded checkpoint describes and load its weights."""
-    cls, _ = _entry(ckpt["method"])
-    method = cls.from_config_dict(ckpt["method_config"])
-    method.load_state_dict(ckpt["model"])
-    return method
-
-
-def load_method(path: str | Path, map_location: str = "cpu") -> AnomalyMethod:
-    """Load a checkpoint written by :func:`dap.train.train` into a ready-to-predict method."""
-    from dap.train import load_checkpoint
-
-    method = method_from_checkpoint(load_checkpoint(path, map_location))
-    return method.eval()
-
-
-__all__ = ["AnomalyMethod", "Prediction", "TrainBatch", "top_k_mean", "REGISTRY",
-           "build_method", "load_method", "method_from_checkpoint", "PROFILE_PRESET"]
+__all__ = ["AnomalyMethod", "Prediction", "Reconstruction", "TrainBatch", "ValidationSet",
+           "PRESETS", "check_preset", "top_k_mean", "REGISTRY", "method_class",
+           "method_config", "build_method"]

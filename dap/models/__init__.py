@@ -4,7 +4,7 @@
   ``cpu``), also an encoder-pyramid feature extractor (DDAD, GLAD).
 * :mod:`dap.models.segmentation`: DRAEM-style discriminative U-Net on concat(x_0, x0_g).
 
-Profiles map to presets one to one, except ``full`` -> ``paper``. Taught in
+The profile table (:mod:`dap.profiles`) names the preset each profile builds. Taught in
 ``notebooks/06_train_and_evaluate``.
 """
 
@@ -25,9 +25,6 @@ from dap.models.segmentation import (
     segmenter_config,
 )
 
-#: The model preset each profile (``DAP_PROFILE``) uses.
-PROFILE_PRESETS: dict[str, str] = {"ci": "ci", "cpu": "cpu", "full": "paper"}
-
 __all__ = [
     "DenoiserConfig",
     "DenoiserUNet",
@@ -40,7 +37,6 @@ __all__ = [
     "SegmentationUNet",
     "SEGMENTER_PRESETS",
     "segmenter_config",
-    "PROFILE_PRESETS",
     "count_parameters",
     "zero_module",
 ]

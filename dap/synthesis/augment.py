@@ -380,13 +380,13 @@ def apply_augment(x: Tensor, params: AugmentParams, inplace: bool = False,
     # On the CPU: one sample at a time (an image stays in cache through its three augmenters,
     # and nothing is gathered or scattered), then each result is copied back into its row
     views = [out[i:i + 1] for i in range(b)]
-    for view, r in zip(views, _augment_samples(views, params, start)):
+    for view, r in zip(views, augment_samples(views, params, start)):
         if r.data_ptr() != view.data_ptr():  # not done in place
             view.copy_(r)
     return out
 
 
-def _augment_samples(samples: list[Tensor], params: AugmentParams, start: int = 0
+def augment_samples(samples: list[Tensor], params: AugmentParams, start: int = 0
                      ) -> list[Tensor]:
     """:func:`apply_augment` on a list of ``(1, 3, H, W)`` samples (CPU): each sample goes
     through its own augmenters in the order of ``params.names``, in place where the augmenter
@@ -411,7 +411,7 @@ def _augment_samples(samples: list[Tensor], params: AugmentParams, start: int = 
     return out
 
 
-def _runs(rows: list[int]) -> list[tuple[int, int]]:
+def equal_runs(rows: list[int]) -> list[tuple[int, int]]:
     """Sorted row numbers -> ``(lo, hi)`` runs of consecutive rows, e.g. [0, 2, 3] ->
     [(0, 1), (2, 4)]."""
     runs: list[tuple[int, int]] = []

@@ -27,9 +27,9 @@ from torch import Tensor
 
 from dap.config import ConfigError, data_root, from_dict
 from dap.synthesis import _random
-from dap.synthesis.augment import (AUGMENTER_NAMES, AugmentParams, _augment_samples, _runs,
+from dap.synthesis.augment import (AUGMENTER_NAMES, AugmentParams, augment_samples, equal_runs,
                                    apply_augment, draw_augment_params)
-from dap.synthesis.perlin import _perlin_masks
+from dap.synthesis.perlin import perlin_masks_for
 from dap.synthesis.sources import (CropParams, ShuffleParams, TextureBank, draw_crops,
                                    draw_shuffle, self_shuffle)
 
@@ -274,7 +274,7 @@ class AnomalySynthesizer:
             if tex:
                 sub = crops.select(sl).select(torch.tensor(tex, device=images.device))
                 _copy_rows(raw, tex, self.bank.crop(sub, (h, w)))
-        samples = _augment_samples(list(raw.split(1)), aug, s)
+        samples = augment_samples(list(raw.split(1)), aug, s)
         masks, betas, one_minus = mask[sl].split(1), beta4[sl].split(1), one_minus_beta4.split(1)
         for j, a01 in enumerate(samples):
             i, r = s + j, rows_l[s + j]
@@ -349,7 +349,7 @@ class AnomalySynthesizer:
                 source_out = torch.empty_like(images)
                 _copy_rows(source_out, normal_l, images, same=True)
             mask_out = torch.empty(b, 1, h, w, device=device)
-            for lo, hi in _runs(normal_l):
+            for lo, hi in equal_runs(normal_l):
                 mask_out[lo:hi].zero_()
         else:
             image, mask_out = images.clone(), torch.zeros(b, 1, h, w, device=device)
@@ -378,7 +378,7 @@ class AnomalySynthesizer:
         n = idx.numel()
         # M: Perlin masks inside the foreground
         chunk = self._chunk(n, h, w, device)
-        mask = _perlin_masks(n, (h, w), foreground, idx, generator, cfg.perlin_threshold,
+        mask = perlin_masks_for(n, (h, w), foreground, idx, generator, cfg.perlin_threshold,
                              cfg.min_scale_exp, cfg.max_scale_exp, cfg.max_degrees,
                              cfg.max_rounds, cfg.disc_radius, chunk, device).mask
         # beta ~ U[lo, hi); the source of each sample; crops, augmenters, shuffles (all drawn
@@ -432,7 +432,7 @@ def _copy_rows(dst: Tensor, rows: list[int], src: Tensor, same: bool = False) ->
     """``dst[rows] = src`` (``same=True``: ``dst[rows] = src[rows]``) for sorted row numbers,
     one ``copy_`` per run of consecutive rows."""
     pos = 0
-    for lo, hi in _runs(rows):
+    for lo, hi in equal_runs(rows):
         dst[lo:hi].copy_(src[lo:hi] if same else src[pos:pos + hi - lo])
         pos += hi - lo
 

@@ -46,10 +46,10 @@ def rotate(images: Tensor, degrees: Tensor | float) -> Tensor:
         ``(B, C, H, W)``, bilinear interpolation. ``degrees = 0`` returns the input (up to
         float rounding of the sampling grid).
     """
-    return _rotate(images, degrees)
+    return rotate_window(images, degrees)
 
 
-def _rotate(images: Tensor, degrees: Tensor | float, rows: slice = slice(None),
+def rotate_window(images: Tensor, degrees: Tensor | float, rows: slice = slice(None),
             cols: slice = slice(None)) -> Tensor:
     """The window ``rows x cols`` of :func:`rotate` (the same values: the grid of the window
     is cut from the full one), e.g. only where a foreground can use it."""

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dap.synthesis import _random
-from dap.synthesis.geometry import _rotate
+from dap.synthesis.geometry import rotate_window
 
 
 def fade(t: Tensor) -> Tensor:
@@ -287,11 +287,11 @@ def perlin_masks(batch_size: int, size: tuple[int, int], foreground: Tensor | No
     b, (h, w) = batch_size, size
     if foreground is not None and foreground.shape != (b, 1, h, w):
         raise ValueError(f"foreground must be {(b, 1, h, w)}, got {tuple(foreground.shape)}")
-    return _perlin_masks(b, size, foreground, None, generator, threshold, min_scale_exp,
+    return perlin_masks_for(b, size, foreground, None, generator, threshold, min_scale_exp,
                          max_scale_exp, max_degrees, max_rounds, disc_radius, chunk_size, device)
 
 
-def _perlin_masks(b: int, size: tuple[int, int], foreground: Tensor | None,
+def perlin_masks_for(b: int, size: tuple[int, int], foreground: Tensor | None,
                   fg_rows: Tensor | None, generator: torch.Generator | None, threshold: float,
                   min_scale_exp: int, max_scale_exp: int, max_degrees: float, max_rounds: int,
                   disc_radius: float, chunk_size: int | None,
@@ -346,7 +346,7 @@ def _perlin_masks(b: int, size: tuple[int, int], foreground: Tensor | None,
                 rows, cols = _box(f)
                 m_s.zero_()
             m_w = m_s[..., rows, cols]
-            torch.sub(_rotate(noise, angle_n[sl], rows, cols), threshold, out=m_w)
+            torch.sub(rotate_window(noise, angle_n[sl], rows, cols), threshold, out=m_w)
             m_w.sign_().clamp_(min=0.0)
             if f is not None:
                 m_w *= f[..., rows, cols]

@@ -12,8 +12,8 @@ Design
 * **Model selection on validation only.** Every ``val_every`` steps the method is scored on the
   validation split (normal images + synthetic anomalies made once with a fixed seed); the best
   checkpoint by ``select_metric`` is kept beside the last one. The test split is never seen here.
-* **Atomic checkpoints** (temp file + rename) holding the configs, git commit, step, metrics and
-  history; they load with ``torch.load(weights_only=True)``.
+* **Atomic checkpoints** (:mod:`dap.engine.checkpoint`: temp file + rename) holding the
+  configs, git commit, step, metrics and history; they load with ``torch.load(weights_only=True)``.
 * **DDP.** Under ``torchrun`` (``WORLD_SIZE`` > 1) the method is wrapped in
   ``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); each rank takes its slice of the
   global batch, and only rank 0 validates and writes.
@@ -22,12 +22,9 @@ Design
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
-import os
 import random
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dap.config import ConfigError, from_dict, to_dict
+from dap.config import ConfigError, check_fields, to_dict
+from dap.engine.checkpoint import (CHECKPOINT_FORMAT, check_same_config, dap_version, git_commit,
+                                   load_checkpoint, save_checkpoint)
+from dap.io import atomic_write_text, clean_stale
+from dap.engine.select import SELECT_METRICS
 from dap.methods.base import AnomalyMethod, TrainBatch
-
-CHECKPOINT_FORMAT = "dap-checkpoint-v1"
 
 
 @dataclass
@@ -67,8 +66,27 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("TrainConfig.steps and batch_size must be >= 1")
+        check_fields(self)  # types and literals, even when built directly (not by from_dict)
+        need = [("steps", self.steps >= 1, ">= 1"), ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("lr", self.lr > 0, "> 0"),
+                ("lr_segmenter", self.lr_segmenter is None or self.lr_segmenter > 0,
+                 "> 0 or None"),
+                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "> 0 or None"),
+                ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                ("seed", self.seed >= 0, ">= 0"),
+                ("val_every", self.val_every >= 0, ">= 0 (0: validate only at the end)"),
+                ("log_every", self.log_every >= 1, ">= 1")]
+        for name, ok, rule in need:
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+        if self.select_metric != "last" and self.select_metric not in SELECT_METRICS:
+            raise ConfigError(f"TrainConfig.select_metric {self.select_metric!r} is not a "
+                              f"validation metric; use one of {list(SELECT_METRICS)} or 'last'")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says where the last good state is."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,70 +190,49 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def git_commit() -> str:
-    """The current git commit of the dap checkout, or 'unknown'."""
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``name`` as a device that exists here (None: CUDA if available, else the CPU).
+
+    A clear :class:`ConfigError` for a malformed name or a CUDA device this machine lacks.
+    """
+    if name is None:
+        return default_device()
     try:
-        root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001 - no git is fine
-        return "unknown"
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") \
+            from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; "
+                              "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s)")
+    elif device.type not in ("cpu", "mps"):
+        raise ConfigError(f"--device {name}: dap runs on cpu or cuda")
+    return device
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` with torch.save to a temp file, then rename it into place (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create the run folder ``path`` and check that it can be written, before any work.
+
+    A :class:`ConfigError` names the problem: a file in the way, or no permission. Temporary
+    files that a killed run left behind (PID-tagged, their process dead) are removed.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the run")
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a dap checkpoint safely (``weights_only=True``) and check its format."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path} is not a readable dap checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a dap checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    return ckpt
-
-
-def check_same_config(ckpt: dict, method_name: str, config: dict, path: str | Path) -> None:
-    """A clear error when a checkpoint was made for another method or config."""
-    if ckpt["method"] != method_name:
-        raise ConfigError(f"{path} holds a {ckpt['method']!r} model, not {method_name!r}")
-    if ckpt["method_config"] != json.loads(json.dumps(config)):
-        diff = _dict_diff(ckpt["method_config"], config)
-        raise ConfigError(
-            f"{path} was trained with another config ({'; '.join(diff[:5])}). Build the method "
-            "from the checkpoint's own config (dap.zoo.load / dap.methods.load_method) or "
-            "start a new run directory."
-        )
-
-
-def _dict_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _dict_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        a, b = list(a), list(b)
-    return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs now {b!r}"]
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / ".dap-write-test", "ok")
+        (out / ".dap-write-test").unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out} cannot be written ({exc.strerror or exc}); choose "
+                          "another folder") from exc
+    # half-written checkpoints of a killed run (``.last.pt.tmp-<dead pid>-...``) go
+    clean_stale(out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,8 +302,12 @@ def train(
     amp_dtype = resolve_amp(cfg.amp, device)
     if cfg.channels_last and device.type == "cuda":
         method.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(method.param_groups(cfg.lr, cfg.lr_segmenter), lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay)
+    groups = method.param_groups(cfg.lr, cfg.lr_segmenter)
+    if cfg.weight_decay and any("weight_decay" in g for g in groups):
+        raise ConfigError(f"{method.name} sets the weight decay of its own parameter groups (see "
+                          f"its config); TrainConfig.weight_decay={cfg.weight_decay} would be "
+                          "ignored: leave it at 0")
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     model: nn.Module = method
@@ -314,7 +315,8 @@ def train(
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None)
 
-    out = Path(out_dir) if out_dir is not None else None
+    out = prepare_out_dir(out_dir) if out_dir is not None and rank == 0 else \
+        (Path(out_dir) if out_dir is not None else None)
     history: list[dict[str, float]] = []
     validations: list[dict[str, float]] = []
     best: dict[str, float] | None = None
@@ -326,6 +328,10 @@ def train(
         if ckpt["train_config"] != to_dict(cfg):
             raise ConfigError(f"{out / 'last.pt'} was made with another TrainConfig; use a new "
                               "output directory or the same settings to resume")
+        before, now = (ckpt.get("extra") or {}).get("data"), (extra or {}).get("data")
+        if before is not None and now is not None and before != now:
+            raise ConfigError(f"{out / 'last.pt'} is a run on {before}, not on {now}; resume it "
+                              f"with --data {before} or give a new --out")
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -340,7 +346,7 @@ def train(
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state()}, "step": step, "history": history,
             "validations": validations, "best": best, "metrics": metrics or {},
-            "git_commit": git_commit(), "dap_version": _version(), "extra": extra or {},
+            "git_commit": git_commit(), "dap_version": dap_version(), "extra": extra or {},
             "world_size": world,
         }
 
@@ -376,13 +382,21 @@ def train(
         if cfg.channels_last and device.type == "cuda":
             batch.images = batch.images.contiguous(memory_format=torch.channels_last)
         gen = step_generator(cfg.seed, step, rank, device)
+        rng_before = torch.get_rng_state()
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
         with ctx:
             losses = model(batch, gen)
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning "
-                                     "rate, enable grad_clip, or try amp='off'")
+            saved = ""
+            if out is not None and rank == 0:
+                # the weights are still those after `step` good steps: keep them
+                torch.set_rng_state(rng_before)
+                save_checkpoint(out / "last.pt", payload(step, None))
+                saved = f"; the last good state (after {step} steps) is in {out / 'last.pt'}"
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at step {step}{saved}. Train again in a new --out with "
+                "a lower learning rate, grad_clip, or amp='off'")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip is not None:
@@ -408,25 +422,14 @@ def train(
     if out is not None and rank == 0:
         last_path = save_checkpoint(out / "last.pt", payload(done, validations[-1] if validations else None))
         best_path = out / "best.pt" if (out / "best.pt").exists() else None
-        tmp = out / ".history.json.tmp"
-        tmp.write_text(json.dumps({"history": history, "validations": validations, "best": best}))
-        os.replace(tmp, out / "history.json")
+        atomic_write_text(out / "history.json",
+                          json.dumps({"history": history, "validations": validations, "best": best}))
     return TrainResult(history, validations, best, last_path, best_path,
                        time.perf_counter() - t0)
 
 
-def _version() -> str:
-    from dap import __version__
-
-    return __version__
-
-
-def train_config_from(d: dict) -> TrainConfig:
-    return from_dict(TrainConfig, d)
-
-
 __all__ = [
-    "TrainConfig", "TrainData", "TrainResult", "train", "save_checkpoint", "load_checkpoint",
-    "check_same_config", "seed_everything", "step_generator", "resolve_amp", "git_commit",
-    "to_uint8", "train_config_from", "dataclasses",
+    "TrainConfig", "TrainData", "TrainResult", "TrainingDiverged", "train", "seed_everything",
+    "step_generator", "resolve_amp", "default_device", "resolve_device", "prepare_out_dir",
+    "to_uint8",
 ]

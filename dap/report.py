@@ -1,0 +1,222 @@
+"""Tables and figures of results: the one place numbers become Markdown, CSV, JSON or a plot.
+
+Every table a person reads — the demo report, the benchmark table, the README's result tables,
+the notebooks' measured tables — is made here from a results file (``*.json`` written by
+:func:`write_tables`), never typed by hand. The paper's numbers are printed *beside* ours,
+never in their place.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import functools
+import io
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from torch import Tensor
+
+from dap.io import atomic_write_text
+
+# Paper numbers (DiffusionAD, Tables I-IV; ablation Table VII) in percent: I-AUROC / P-AUROC /
+# PRO / P-AP. Only shown beside a result on the same dataset.
+PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
+    "diffusionad": {
+        "mvtec": {"image_auroc": 99.7, "pixel_auroc": 98.7, "aupro": 95.7, "pixel_ap": 76.1},
+        "visa": {"image_auroc": 98.8, "pixel_auroc": 98.9, "aupro": 96.0, "pixel_ap": 45.8},
+        "dagm": {"image_auroc": 99.6, "pixel_auroc": 97.5, "aupro": 93.8, "pixel_ap": 65.1},
+        "mpdd": {"image_auroc": 96.2, "pixel_auroc": 98.5, "aupro": 95.3, "pixel_ap": 45.8},
+    },
+}
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+#: column headings of the tables
+HEADERS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
+           "pixel_ap": "pixel AP", "f1_max": "F1-max", "fps_batch1": "FPS (batch 1)",
+           "throughput": "images/s (batched)"}
+
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def _pct(v: Any) -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
+
+
+def results_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRIC_KEYS,
+                     extra: Sequence[str] = ("fps_batch1",), paper: dict[str, float] | None = None,
+                     title_cols: Sequence[str] = ("method", "category")) -> str:
+    """A Markdown table of ``rows`` (metrics as fractions, shown in percent).
+
+    ``paper``: the paper's numbers (percent) for the same dataset, printed as a last row marked
+    "paper", never mixed into our averages.
+    """
+    head = list(title_cols) + [HEADERS.get(c, c.replace("_", " ")) for c in [*columns, *extra]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [str(r.get(c, "")) for c in title_cols] + [_pct(r.get(c)) for c in columns]
+        cells += [f"{r[c]:.2f}" if isinstance(r.get(c), (int, float)) else "—" for c in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    if paper:
+        cells = ["paper (reported)"] + [""] * (len(title_cols) - 1)
+        cells += [f"{paper[c]:.1f}" if c in paper else "—" for c in columns] + ["—"] * len(extra)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_row(rows: Sequence[dict[str, Any]], keys: Sequence[str], **labels: str) -> dict[str, Any]:
+    """The average of ``keys`` over ``rows`` (NaN-free values only)."""
+    out: dict[str, Any] = dict(labels)
+    for k in keys:
+        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        out[k] = float(np.mean(vals)) if vals else None
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _commit_at_start() -> str:
+    from dap.engine.checkpoint import git_commit
+
+    return git_commit()
+
+
+def provenance() -> dict[str, Any]:
+    """How a results file was made: the command line, dap's version and the git commit of the
+    code the process started with (read when dap.report is first imported), torch, the machine
+    and the time (UTC)."""
+    import torch
+
+    from dap.engine.checkpoint import dap_version
+
+    return {"command": " ".join(["python -m dap" if sys.argv[0].endswith(("__main__.py", "dap"))
+                                 else Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "dap_version": dap_version(), "git_commit": _commit_at_start(),
+            "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
+            "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str = "results",
+                 paper: dict[str, float] | None = None, extra: Sequence[str] = ("fps_batch1",)
+                 ) -> dict[str, Path]:
+    """Write ``rows`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` under ``out_dir``.
+
+    The JSON file is the results file: its ``rows``, the ``paper``'s numbers if any, and
+    ``made_by`` (:func:`provenance`). Every published table is rendered from such a file.
+    """
+    out = Path(out_dir)
+    keys = sorted({k for r in rows for k in r})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    return {
+        "md": atomic_write_text(out / f"{stem}.md", results_markdown(rows, paper=paper, extra=extra)),
+        "csv": atomic_write_text(out / f"{stem}.csv", buf.getvalue()),
+        "json": atomic_write_text(out / f"{stem}.json", json.dumps(
+            {"rows": list(rows), "paper": paper, "made_by": provenance()}, indent=2,
+            default=str)),
+    }
+
+
+def example_figure(examples: dict[str, Tensor], title: str = "", max_rows: int = 4):
+    """Rows of input | reconstruction | anomaly map | ground truth. Returns a Figure."""
+    import matplotlib.pyplot as plt
+
+    from dap.viz import to_numpy_image
+
+    n = min(max_rows, len(examples["image"]))
+    vmax = float(examples["map"][:n].max()) or 1.0  # one colour scale for every row
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2.1 * n + 0.4), squeeze=False)
+    for i in range(n):
+        panels = [(to_numpy_image(examples["image"][i]), None, "input", 1.0),
+                  (to_numpy_image(examples["reconstruction"][i]), None, "reconstruction", 1.0),
+                  (examples["map"][i].numpy(), "inferno", "anomaly map", vmax),
+                  (examples["mask"][i].numpy(), "gray", "ground truth", 1.0)]
+        for ax, (img, cmap, name, top) in zip(axes[i], panels):
+            ax.imshow(img, cmap=cmap if img.ndim == 2 else None, vmin=0, vmax=top)
+            ax.axis("off")
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A results file written by :func:`write_tables` (``<stem>.json``): rows, paper, made_by."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results file {path}; run the command that writes it first")
+    return json.loads(path.read_text())
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results file written by :func:`write_tables`."""
+    return list(read_results(path)["rows"])
+
+
+# --------------------------------------------------------------------------------------------
+# Published tables: rendered from the results files in results/, never typed by hand
+# --------------------------------------------------------------------------------------------
+_commit_at_start()   # the code this process runs, before anything can change the checkout
+
+#: the committed results files (copies of what the commands wrote, with their ``made_by``)
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+
+
+def _made_by(data: dict[str, Any]) -> str:
+    m = data.get("made_by") or {}
+    return (f"_From `results/{{name}}`, written by `{m.get('command', '?')}` "
+            f"(dap {m.get('dap_version', '?')}, commit {str(m.get('git_commit', '?'))[:10]}, "
+            f"{m.get('device', '?')}, {m.get('utc', '?')[:10]})._")
+
+
+def published_table(name: str, results_dir: str | Path | None = None) -> str:
+    """The Markdown table ``name`` (a file ``results/<name>.json``) with its provenance line:
+    the one function that turns results files into the numbers the README and notebooks show.
+
+    Rows keep the file's order; metrics in percent, FPS with two decimals.
+    """
+    path = Path(results_dir or RESULTS_DIR) / f"{name}.json"
+    if not path.exists():
+        return (f"_No results file `results/{path.name}` for this version yet: nothing is "
+                "shown rather than numbers that no file backs._\n")
+    data = read_results(path)
+    rows = data["rows"]
+    title = ("method", "category") if any("category" in r for r in rows) else ("method",)
+    extra = tuple(k for k in ("fps_batch1",) if any(k in r for r in rows))
+    table = results_markdown(rows, extra=extra, paper=data.get("paper"), title_cols=title)
+    return table + "\n" + _made_by(data).replace("{name}", path.name) + "\n"
+
+
+_BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
+                    re.DOTALL)
+
+
+def render_results(text: str, results_dir: str | Path | None = None,
+                   table: Callable[[str, Any], str] = published_table) -> str:
+    """``text`` with every ``<!-- results: NAME -->`` ... ``<!-- /results -->`` block replaced
+    by :func:`published_table` of ``NAME`` (what ``tools/results_tables.py --write`` does)."""
+    return _BLOCK.sub(lambda m: m.group(1) + table(m.group("name"), results_dir) + m.group(4),
+                      text)
+
+
+def result_blocks(text: str) -> list[str]:
+    """The names of the results blocks in ``text``."""
+    return [m.group("name") for m in _BLOCK.finditer(text)]
+
+
+__all__ = ["PAPER_RESULTS", "METRIC_KEYS", "results_markdown", "mean_row", "write_tables",
+           "provenance", "read_results", "read_rows", "RESULTS_DIR", "published_table",
+           "render_results", "result_blocks", "example_figure"]
