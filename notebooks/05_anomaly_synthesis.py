@@ -170,7 +170,8 @@ show_images(bw(batch_masks.mask[:8]), ncols=8, size=1.3);
 # ## 3. Appearance sources A
 #
 # **Textures.** The paper pastes crops of the Describable Textures Dataset (DTD; once
-# downloaded with `data_scripts/`, use `TextureBank.from_folder(".../dtd/images")`). Offline,
+# downloaded with `python -m dap data download dtd --root $DAP_DATA/dtd`, use
+# `TextureBank.from_folder(".../dtd/images")`). Offline,
 # dap uses the photographs bundled with scikit-image, except brick / grass / gravel, which are
 # the *normal* classes of the built-in benchmark. We also leave out coins, our object here: an
 # anomaly should not look like the normal data. The bank is loaded once and kept on the device
@@ -294,8 +295,9 @@ print("labels:", out_obj.label.tolist(), "  masks inside the foreground:",
 
 # %% [markdown]
 # One call synthesises the whole batch, on a GPU too: pass images and a generator on the
-# device. `python benchmarks/synthesis.py` measures it against a per-sample numpy
-# implementation of the same recipe (the way data loaders usually do it).
+# device. `python benchmarks/synthesis.py` (in a clone of the repository, not in a pip
+# install) measures it against a per-sample numpy implementation of the same recipe (the way
+# data loaders usually do it).
 
 # %% [markdown]
 # ## 7. Try it

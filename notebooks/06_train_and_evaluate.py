@@ -27,7 +27,7 @@
 # Profiles: under `ci` / `cpu` the notebook trains a small model for a few steps on the built-in
 # benchmark, then evaluates a *shipped* model (`dap.zoo`). Under `full` (a GPU) it trains the
 # paper's configuration on a real category — download it first with
-# `python data_scripts/download.py mvtec --root $DAP_DATA/mvtec`.
+# `python -m dap data download mvtec --root $DAP_DATA/mvtec`.
 
 # %%
 import os
@@ -96,7 +96,7 @@ print(f"t_s ~ U[0, {method.config.tau}), t_b ~ U[{method.config.tau}, 1000); inf
 size = method.config.denoiser.image_size
 images = torch.rand(8, 3, size, size) * 2 - 1            # stand-in images, just for shapes
 losses = method(TrainBatch(images), torch.Generator().manual_seed(0))
-print({k: round(float(v), 4) for k, v in losses.items()})
+print({k: round(float(v.detach()), 4) for k, v in losses.items()})
 
 all_anomalous = build_method("diffusionad", preset, synthesis={"normal_prob": 0.0})
 print("no normal sample -> L_noise =",

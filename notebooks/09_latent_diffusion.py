@@ -353,7 +353,8 @@ show_images([*inputs, *[m for v in ablation.examples.values() for m in v],
 Markdown(dap.report.published_table("benchmark"))
 
 # %% [markdown]
-# and the copy PSNR of the benchmark's models, with the paper's values on their own line:
+# and the copy PSNR of the benchmark's models, with the paper's values on their own line
+# (`tools/` is in a clone of the repository, not in a pip install):
 #
 # ```
 # python tools/copy_table.py runs/benchmark --out runs/copy-psnr
