@@ -28,6 +28,7 @@ from pathlib import Path
 ZOO_OVERRIDES = {"segmenter": {"base_width": 16, "encoder_mult": [1, 2, 4, 8]}}
 ZOO_TRAIN = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 50, "batch_size": 8}
 METRICS = ("val_image_auroc", "val_pixel_auroc", "val_pixel_ap", "val_aupro", "val_mean")
+TEST_METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
 
 
 def _train_run():
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
                 print(f"{int(v32['step']):5d} {k:18s} {100 * v32[k]:7.1f} {100 * v16[k]:7.1f} "
                       f"{100 * (v16[k] - v32[k]):+9.1f}")
     if "test" in f32:
-        for k in sorted(set(f32["test"]) & set(b16["test"])):
+        for k in [k for k in TEST_METRICS if k in f32["test"] and k in b16["test"]]:
             print(f"test  {k:18s} {f32['test'][k]:7.3f} {b16['test'][k]:7.3f} "
                   f"{b16['test'][k] - f32['test'][k]:+9.3f}")
     print(f"final training loss (mean of the last 20 steps): fp32 {f32['final_loss']:.4f}, "

@@ -25,8 +25,13 @@ PyTorch's CPU kernels run on an OpenMP thread team. By default (GNU libgomp) idl
 processes (CI runners, a laptop running a notebook and a test suite, JupyterHub), a spinning
 thread holds a core the partner thread needs, and every parallel region then waits for a
 descheduled thread: a 2-thread run next to one other busy process was measured 20-30x slower.
-``OMP_WAIT_POLICY=PASSIVE`` makes idle threads sleep at once and removes the slowdown; on an
-idle machine it costs nothing measurable here.
+``OMP_WAIT_POLICY=PASSIVE`` makes idle threads sleep at once and removes the slowdown. It is
+a trade: every parallel region then wakes its partner thread through the kernel, and on a
+quiet machine a bf16 ``ci`` training step was ~30 % faster with libgomp's default spinning
+(measured on 2 vCPUs: 14.0 img/s PASSIVE vs 19.9 default, plain float32 9.8 vs 12.1; with one
+busy neighbour: 4.4 vs 0.8). PASSIVE is the safe default for laptops, CI runners and shared
+servers; on a dedicated machine ``export OMP_WAIT_POLICY=ACTIVE`` (or a ``GOMP_SPINCOUNT``)
+before starting Python is faster, and :func:`set_wait_policy` keeps a value you set.
 
 libgomp reads the variable once, when it is loaded, and ``import torch`` loads it. So the
 variable must be in the environment *before torch is imported*: :func:`set_wait_policy` puts
@@ -246,9 +251,20 @@ def cpu_supports_bf16() -> bool:
     env = os.environ.get("DAP_CPU_BF16")
     if env in ("0", "1"):
         return env == "1"
-    if not (_cpu_flags() & BF16_CPU_FLAGS):
+    if not (_cpu_flags() & BF16_CPU_FLAGS) and not _capability_says_bf16():
         return False
     return _bf16_smoke_check()
+
+
+def _capability_says_bf16() -> bool:
+    """Whether torch's CPU capability string names bf16 or AMX (some builds report it)."""
+    import torch
+
+    try:
+        cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # noqa: BLE001 - old torch
+        return False
+    return "BF16" in cap or "AMX" in cap
 
 
 def _bf16_smoke_check() -> bool:
@@ -495,8 +511,10 @@ def set_conv_weight_grad_threads(module: "nn.Module", threads: int | None = 1) -
     partner thread, and on 2 threads the kernel was measured 50-200x slower than on one
     (130 ms instead of 0.6 ms for a 64-channel 3x3 conv at 16 x 16, batch 16), which made a
     bf16 training step 2x *slower* than float32. Running just this kernel on one thread
-    removes the stall; the forward pass and the input gradients keep all threads. On an
-    unshared machine it may cost a little (that kernel then runs on fewer threads).
+    removes the stall; the forward pass and the input gradients keep all threads. On a quiet
+    machine it costs a little (that kernel then runs on fewer threads): a ``ci`` bf16 training
+    step at 2 threads went from 10.3 to 9.6 img/s, against 2-3x gained when the cores are
+    shared (``benchmarks/speed.py --ablate``).
 
     Applies only on the CPU, while gradients are recorded, when the conv computes in bfloat16
     (bf16 autocast or bf16 tensors) and torch uses more than ``threads`` threads; otherwise the
