@@ -11,7 +11,8 @@ medians over the repetitions (a mean-based ratio is printed beside each).
   (``benchmarks/synthesis.py``'s reference of the same recipe, imported).
 * **fast**: :func:`dap.runtime.speed_up` + :func:`dap.runtime.autocast`: bf16 autocast where
   the CPU has native bf16 (detected), channels_last, the fused attention kernel, native bf16
-  GroupNorm at inference, fused AdamW, the bf16 weight-gradient convolutions on one thread
+  GroupNorm at inference, fused AdamW (its step on one thread for the small presets:
+  :func:`dap.runtime.optimizer_threads`), the bf16 weight-gradient convolutions on one thread
   (see :func:`dap.runtime.set_conv_weight_grad_threads`), dap's batched synthesis, and
   ``torch.inference_mode`` for inference. ``--compile`` adds a third path with
   ``torch.compile`` (compile time printed separately).
@@ -114,6 +115,9 @@ class SpeedPath:
         self.channels_last, self.inference_mode = channels_last, inference_mode
         kw = runtime.optimizer_kwargs("cpu") if fused_opt else {}
         self.optimizer = torch.optim.AdamW(method.parameters(), lr=1e-4, weight_decay=0.0, **kw)
+        # the fast path steps many small tensors on one thread (dap.runtime.optimizer_threads)
+        self.opt_threads = runtime.optimizer_threads(list(method.parameters())) \
+            if fused_opt else None
         self.seed = 0
         self.threads: int | None = None  # None: the process's thread count
 
@@ -149,7 +153,8 @@ class SpeedPath:
             loss = self.method(TrainBatch(self.input(images)), gen)["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        with runtime.num_threads(self.opt_threads or torch.get_num_threads()):
+            self.optimizer.step()
         return float(loss.detach())
 
     def predict(self, images: torch.Tensor):

@@ -512,9 +512,10 @@ def set_conv_weight_grad_threads(module: "nn.Module", threads: int | None = 1) -
     (130 ms instead of 0.6 ms for a 64-channel 3x3 conv at 16 x 16, batch 16), which made a
     bf16 training step 2x *slower* than float32. Running just this kernel on one thread
     removes the stall; the forward pass and the input gradients keep all threads. On a quiet
-    machine it costs a little (that kernel then runs on fewer threads): a ``ci`` bf16 training
-    step at 2 threads went from 10.3 to 9.6 img/s, against 2-3x gained when the cores are
-    shared (``benchmarks/speed.py --ablate``).
+    machine it costs something (that kernel then runs on fewer threads): a ``ci`` bf16
+    training step at 2 threads lost 7-13 %, against 2-3x gained when the cores are shared
+    (``benchmarks/speed.py --ablate``). On a dedicated machine pass
+    ``conv_weight_grad_threads=None`` to :func:`speed_up`.
 
     Applies only on the CPU, while gradients are recorded, when the conv computes in bfloat16
     (bf16 autocast or bf16 tensors) and torch uses more than ``threads`` threads; otherwise the
@@ -747,6 +748,24 @@ def optimizer_kwargs(device: "torch.device | str", fused: bool | None = None) ->
     return {"foreach": True}
 
 
+def optimizer_threads(params: Any, small: int = 1 << 16) -> int | None:
+    """Threads for ``optimizer.step()``: 1 when the parameters are many small tensors, else None.
+
+    A fused or per-tensor Adam step splits each tensor above PyTorch's grain size (32768
+    elements) over the threads, and for tensors of a few ten thousand elements waking the
+    other thread costs more than the work: the ``ci`` model's step (270 tensors, 3 k elements
+    on average) took 2.7 ms fused on one thread and 19 ms on two (2 vCPUs). Returns 1 when the
+    mean tensor has fewer than ``small`` elements (``ci``, ``cpu`` presets), None (keep all
+    threads) otherwise (the ``paper`` preset: ~230 k). Use as
+    ``with runtime.num_threads(runtime.optimizer_threads(params) or torch.get_num_threads()):
+    optimizer.step()``.
+    """
+    sizes = [p.numel() for p in params]
+    if not sizes:
+        return None
+    return 1 if sum(sizes) / len(sizes) < small else None
+
+
 # --------------------------------------------------------------------------------------------
 # Inference
 # --------------------------------------------------------------------------------------------
@@ -766,5 +785,5 @@ __all__ = [
     "channels_last_input", "set_attention_backend", "set_native_bf16_norm",
     "enable_gradient_checkpointing", "set_conv_weight_grad_threads", "num_threads",
     "compile_unavailable_reason", "maybe_compile",
-    "is_compiled", "networks", "speed_up", "optimizer_kwargs", "inference",
+    "is_compiled", "networks", "speed_up", "optimizer_kwargs", "optimizer_threads", "inference",
 ]

@@ -528,3 +528,13 @@ def test_optimizer_kwargs_give_the_same_update():
         o0.step()
         o1.step()
     torch.testing.assert_close(p1, p0, rtol=1e-6, atol=1e-6)
+
+
+def test_optimizer_threads():
+    from dap.methods import build_method
+
+    assert runtime.optimizer_threads(build_method("diffusionad", "ci").parameters()) == 1
+    with torch.device("meta"):
+        paper = [DenoiserUNet(denoiser_config("paper")), SegmentationUNet(segmenter_config())]
+    assert runtime.optimizer_threads([p for m in paper for p in m.parameters()]) is None
+    assert runtime.optimizer_threads([]) is None
