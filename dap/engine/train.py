@@ -48,6 +48,11 @@ class TrainConfig:
 
     ``batch_size`` is per process. ``amp``: ``auto`` = bf16 on CUDA devices that support it,
     off on the CPU. ``select_metric``: a validation metric name, or ``last``.
+
+    ``ema_decay``: None (off) or the decay d of an exponential moving average of the weights
+    (:func:`ema_average`); validation, the selected checkpoint and the returned model then use the
+    averaged weights, and ``last.pt`` keeps the raw ones too for an exact resume.
+    ``ema_warmup``: use min(d, (1 + n) / (10 + n)) after n updates, so early weights fade fast.
     """
 
     steps: int = 1000
@@ -64,6 +69,8 @@ class TrainConfig:
     val_every: int = 250
     select_metric: str = "val_mean"
     log_every: int = 10
+    ema_decay: float | None = None
+    ema_warmup: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and literals, even when built directly (not by from_dict)
@@ -76,7 +83,9 @@ class TrainConfig:
                 ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
                 ("seed", self.seed >= 0, ">= 0"),
                 ("val_every", self.val_every >= 0, ">= 0 (0: validate only at the end)"),
-                ("log_every", self.log_every >= 1, ">= 1")]
+                ("log_every", self.log_every >= 1, ">= 1"),
+                ("ema_decay", self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+                 "in (0, 1) or None (off)")]
         for name, ok, rule in need:
             if not ok:
                 raise ConfigError(f"TrainConfig.{name} must be {rule}, got {getattr(self, name)!r}")
@@ -236,6 +245,55 @@ def prepare_out_dir(path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
+# Weight averaging (EMA)
+# --------------------------------------------------------------------------------------------
+def ema_decay_at(decay: float, num_averaged: int, warmup: bool = True) -> float:
+    """The decay used for update number ``num_averaged`` + 1.
+
+    With ``warmup``: min(d, (1 + n) / (10 + n)) — the rule of TensorFlow's
+    ``ExponentialMovingAverage(num_updates=n)``, so the average is not dominated by the random
+    initial weights during the first ~1 / (1 - d) steps.
+    """
+    n = float(num_averaged)
+    return min(decay, (1.0 + n) / (10.0 + n)) if warmup else decay
+
+
+def ema_average(decay: float, warmup: bool = True) -> Callable:
+    """A ``multi_avg_fn`` for :class:`torch.optim.swa_utils.AveragedModel`.
+
+    Exponential moving average (Polyak averaging with exponential weights):
+    theta_ema <- d_n * theta_ema + (1 - d_n) * theta, with d_n = :func:`ema_decay_at`. (PyTorch's
+    ``get_ema_multi_avg_fn`` is the same update without the warm-up.) ``AveragedModel`` copies
+    the weights at its first update (n = 0) and calls this from the second on (n >= 1).
+    """
+    def update(ema_params: list[Tensor], params: list[Tensor], num_averaged: Tensor) -> None:
+        d = ema_decay_at(decay, int(num_averaged), warmup)
+        # theta_ema + (1 - d) (theta - theta_ema) = d theta_ema + (1 - d) theta
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+    return update
+
+
+def make_ema(method: AnomalyMethod, cfg: TrainConfig) -> torch.optim.swa_utils.AveragedModel | None:
+    """The EMA copy of ``method`` (None when ``cfg.ema_decay`` is None).
+
+    Parameters are averaged; buffers (BatchNorm statistics, calibration) follow the trained
+    model (:func:`ema_step` copies them), so the averaged model is always usable as it is.
+    """
+    if cfg.ema_decay is None:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        method, multi_avg_fn=ema_average(cfg.ema_decay, cfg.ema_warmup), use_buffers=False)
+
+
+@torch.no_grad()
+def ema_step(ema: torch.optim.swa_utils.AveragedModel, method: AnomalyMethod) -> None:
+    """Average ``method``'s parameters into ``ema`` and copy its buffers."""
+    ema.update_parameters(method)
+    for b_ema, b in zip(ema.module.buffers(), method.buffers()):
+        b_ema.copy_(b)
+
+
+# --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
 @dataclass
@@ -310,6 +368,7 @@ def train(
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = make_ema(method, cfg)
     model: nn.Module = method
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -332,17 +391,30 @@ def train(
         if before is not None and now is not None and before != now:
             raise ConfigError(f"{out / 'last.pt'} is a run on {before}, not on {now}; resume it "
                               f"with --data {before} or give a new --out")
-        method.load_state_dict(ckpt["model"])
+        # "model" holds the weights to evaluate (the EMA ones when EMA is on), "train_model" the
+        # raw weights the optimiser continues from
+        method.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+        if ema is not None:
+            if "ema_num_averaged" not in ckpt:
+                raise ConfigError(f"{out / 'last.pt'} has no EMA state; resume with the same "
+                                  "settings or use a new output directory")
+            ema.module.load_state_dict(ckpt["model"])
+            ema.n_averaged.fill_(int(ckpt["ema_num_averaged"]))
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         start, history = int(ckpt["step"]), list(ckpt["history"])
         validations, best = list(ckpt["validations"]), ckpt.get("best")
 
+    def evaluated() -> AnomalyMethod:
+        return method if ema is None else ema.module
+
     def payload(step: int, metrics: dict | None) -> dict[str, Any]:
+        averaged = {} if ema is None else {"train_model": method.state_dict(),
+                                           "ema_num_averaged": int(ema.n_averaged)}
         return {
             "format": CHECKPOINT_FORMAT, "method": method.name, "method_config": config,
-            "train_config": to_dict(cfg), "model": method.state_dict(),
+            "train_config": to_dict(cfg), "model": evaluated().state_dict(), **averaged,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state()}, "step": step, "history": history,
             "validations": validations, "best": best, "metrics": metrics or {},
@@ -354,8 +426,9 @@ def train(
         nonlocal best
         if validate is None or rank != 0:
             return
-        method.eval()
-        metrics = {k: float(v) for k, v in validate(method).items()}
+        scored = evaluated()
+        scored.eval()
+        metrics = {k: float(v) for k, v in validate(scored).items()}
         method.train()
         metrics["step"] = step
         validations.append(metrics)
@@ -404,6 +477,8 @@ def train(
             nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema_step(ema, method)
         logs = {k: float(v.detach()) for k, v in losses.items()}
         logs["step"] = step
         history.append(logs)
@@ -424,6 +499,9 @@ def train(
         best_path = out / "best.pt" if (out / "best.pt").exists() else None
         atomic_write_text(out / "history.json",
                           json.dumps({"history": history, "validations": validations, "best": best}))
+    if ema is not None:
+        # the caller gets the averaged weights (buffers, e.g. a calibration, stay the method's)
+        method.load_state_dict(ema.module.state_dict())
     return TrainResult(history, validations, best, last_path, best_path,
                        time.perf_counter() - t0)
 
@@ -431,5 +509,5 @@ def train(
 __all__ = [
     "TrainConfig", "TrainData", "TrainResult", "TrainingDiverged", "train", "seed_everything",
     "step_generator", "resolve_amp", "default_device", "resolve_device", "prepare_out_dir",
-    "to_uint8",
+    "to_uint8", "ema_average", "ema_decay_at", "make_ema", "ema_step",
 ]
