@@ -432,3 +432,93 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
 
 __all__ = ["train_run", "evaluate_run", "evaluate_many", "ablation", "ablation_over_models",
            "ABLATION_MODES", "demo", "Variant", "variants", "benchmark", "DDAD_DA_STEPS"]
+
+
+# --------------------------------------------------------------------------------------------
+# The training-recipe study of the small presets (tools/recipe_study.py)
+# --------------------------------------------------------------------------------------------
+#: The shipped DiffusionAD models' recipe at 64 px (tools/train_zoo.sh): a 4-level segmenter of
+#: base width 16, lr 1e-3 with warm-up and cosine decay, batch 8, bf16 autocast.
+ZOO_DIFFUSIONAD = Variant(
+    overrides={"segmenter": {"base_width": 16, "encoder_mult": [1, 2, 4, 8]}},
+    train_overrides={"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 50, "batch_size": 8,
+                     "amp": "bf16", "val_every": 200})
+
+
+def _with(base: Variant, overrides: dict[str, Any] | None = None,
+          train_overrides: dict[str, Any] | None = None) -> Variant:
+    return Variant(overrides={**base.overrides, **(overrides or {})},
+                   train_overrides={**base.train_overrides, **(train_overrides or {})})
+
+
+def recipe_variants() -> dict[str, Variant]:
+    """The rows of the recipe study: the shipped recipe, then one change each (same seed,
+    same budget): EMA of the weights, and each official-code behaviour of
+    :mod:`dap.methods.diffusionad.official` that shapes the noise scales or the synthesis."""
+    base = ZOO_DIFFUSIONAD
+    return {
+        "zoo recipe": base,
+        "+ EMA 0.995": _with(base, train_overrides={"ema_decay": 0.995}),
+        "+ [0, 1] input (official)": _with(base, {"input_range": "unit"}),
+        "+ summed noise loss (official)": _with(base, {"noise_loss_reduction": "sum"}),
+        "+ whole texture, 50 redraws (official)": _with(
+            base, {"synthesis": {"crop_scale": (1.0, 1.0), "max_rounds": 50}}),
+    }
+
+
+@torch.no_grad()
+def reconstruction_quality(method: AnomalyMethod, data: str, t_wiener: int = 200,
+                           seed: int = 0) -> dict[str, float]:
+    """Quality of ``method``'s reconstructions of the *validation* split's normal images:
+    mean PSNR (dB, [-1, 1] units), mean channel spread, and the PSNR of the Wiener estimate
+    from x_{t_wiener} fitted on the training images (:mod:`dap.analysis.quality`)."""
+    from dap.analysis.quality import WienerDenoiser, channel_spread, psnr
+    from dap.diffusion import NoiseSchedule
+
+    spec = parse_data(data, method.image_size)
+    train_ds, val_ds, _ = datasets(spec, method.image_size)
+    train_x, val_x = stack(train_ds, "image"), stack(val_ds, "image")
+    device = next(method.parameters()).device
+    recs = torch.cat([method.predict(val_x[i:i + 16].to(device)).reconstruction.float().cpu()
+                      for i in range(0, len(val_x), 16)])
+    schedule = NoiseSchedule.from_config(method.config.diffusion)
+    abar = float(schedule.alphas_cumprod[t_wiener])
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(val_x.shape, generator=g)
+    x_t = abar ** 0.5 * val_x + (1 - abar) ** 0.5 * noise
+    wiener = WienerDenoiser(train_x)(x_t.double(), abar)
+    return {"psnr_db": float(psnr(recs, val_x).mean()),
+            "channel_spread": float(channel_spread(recs).mean()),
+            f"wiener_psnr_db_t{t_wiener}": float(psnr(wiener, val_x.double()).mean()),
+            "input_channel_spread": float(channel_spread(val_x).mean())}
+
+
+def recipe_study(categories: Sequence[str], steps: int, out_dir: str | Path = "runs/study",
+                 only: Sequence[str] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Train every :func:`recipe_variants` row on ``builtin:<category>`` for ``steps`` steps
+    (resumable: each run continues from its ``last.pt``) and report *validation* metrics of the
+    selected checkpoint and :func:`reconstruction_quality`. Writes ``recipe-study.json``."""
+    rows = []
+    table = recipe_variants()
+    unknown = sorted(set(only or ()) - set(table))
+    if unknown:
+        raise ConfigError(f"unknown study rows {unknown}; available: {list(table)}")
+    for cat in categories:
+        for label, spec in table.items():
+            if only and label not in only:
+                continue
+            slug = "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")
+            method, result, prov = train_run(
+                "diffusionad", f"builtin:{cat}", profile="ci",
+                out_dir=Path(out_dir) / cat / slug, overrides=spec.overrides,
+                train_overrides={**spec.train_overrides, "steps": steps}, progress=progress)
+            best = result.best or {}
+            row = {"method": label, "category": cat, "steps": steps,
+                   "selected_step": best.get("step"), "train_seconds": round(prov["seconds"], 1)}
+            row.update({k[len("val_"):]: v for k, v in best.items()
+                        if k.startswith("val_") and k[len("val_"):] in METRICS})
+            row.update(reconstruction_quality(method, f"builtin:{cat}"))
+            rows.append(row)
+            write_tables(rows, out_dir, stem="recipe-study",
+                         extra=("psnr_db", "wiener_psnr_db_t200", "channel_spread"))
+    return rows

@@ -38,7 +38,9 @@ METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 #: column headings of the tables
 HEADERS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO",
            "pixel_ap": "pixel AP", "f1_max": "F1-max", "fps_batch1": "FPS (batch 1)",
-           "throughput": "images/s (batched)"}
+           "throughput": "images/s (batched)", "psnr_db": "PSNR (dB)",
+           "wiener_psnr_db_t200": "Wiener PSNR from x_200 (dB)",
+           "channel_spread": "channel spread"}
 
 
 
@@ -47,6 +49,13 @@ HEADERS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": 
 # --------------------------------------------------------------------------------------------
 def _pct(v: Any) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}"
+
+
+def _num(v: Any) -> str:
+    """A non-percent number: two decimals, three below 1 (a channel spread of 0.015)."""
+    if not isinstance(v, (int, float)) or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    return f"{v:.3f}" if abs(v) < 1 else f"{v:.2f}"
 
 
 def results_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRIC_KEYS,
@@ -61,7 +70,7 @@ def results_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = ME
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [str(r.get(c, "")) for c in title_cols] + [_pct(r.get(c)) for c in columns]
-        cells += [f"{r[c]:.2f}" if isinstance(r.get(c), (int, float)) else "—" for c in extra]
+        cells += [_num(r.get(c)) for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     if paper:
         cells = ["paper (reported)"] + [""] * (len(title_cols) - 1)
@@ -121,7 +130,8 @@ def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str 
         "md": atomic_write_text(out / f"{stem}.md", results_markdown(rows, paper=paper, extra=extra)),
         "csv": atomic_write_text(out / f"{stem}.csv", buf.getvalue()),
         "json": atomic_write_text(out / f"{stem}.json", json.dumps(
-            {"rows": list(rows), "paper": paper, "made_by": provenance()}, indent=2,
+            {"rows": list(rows), "paper": paper, "extra": list(extra), "made_by": provenance()},
+            indent=2,
             default=str)),
     }
 
@@ -195,7 +205,7 @@ def published_table(name: str, results_dir: str | Path | None = None) -> str:
     data = read_results(path)
     rows = data["rows"]
     title = ("method", "category") if any("category" in r for r in rows) else ("method",)
-    extra = tuple(k for k in ("fps_batch1",) if any(k in r for r in rows))
+    extra = tuple(k for k in data.get("extra") or ("fps_batch1",) if any(k in r for r in rows))
     table = results_markdown(rows, extra=extra, paper=data.get("paper"), title_cols=title)
     return table + "\n" + _made_by(data).replace("{name}", path.name) + "\n"
 

@@ -19,7 +19,7 @@ def test_markdown_and_docstring_render_every_record():
         in doc
 
 
-@pytest.mark.parametrize("name", ["ddad", "glad", "diffad"])
+@pytest.mark.parametrize("name", ["diffusionad", "ddad", "glad", "diffad"])
 def test_each_related_method_documents_its_differences(name):
     pkg = importlib.import_module(f"dap.methods.{name}")
     official = importlib.import_module(f"dap.methods.{name}.official")

@@ -13,6 +13,9 @@
 * :func:`run_adaptive` -- GLAD's adaptive reconstructions, stop steps and anomaly maps over a
   stack of test images. Taught in ``notebooks/08_adaptive_diffusion``.
 
+* :func:`psnr`, :func:`channel_spread`, :class:`WienerDenoiser` -- reconstruction quality
+  against the linear (Wiener) estimate of x0 from x_t, and colour speckle on grey inputs.
+
 Every sweep returns per-image values (never only a mean), so a notebook can show the spread;
 :func:`median_iqr` summarises them.
 """
@@ -24,9 +27,11 @@ from dap.analysis.guidance import (METRIC_NAMES, GuidanceSweep, IdentityCheck,
 from dap.analysis.iterative import IterativeSweep, sweep_one_step_vs_iterative
 from dap.analysis.repair import (RepairSweep, first_t_below, remaining_fraction, repair_errors,
                                  sweep_repair)
+from dap.analysis.quality import WienerDenoiser, channel_spread, psnr
 from dap.analysis.stats import Spread, auroc_standard_error, median_iqr, per_image_mse
 
 __all__ = [
+    "WienerDenoiser", "channel_spread", "psnr",
     "KINDS", "TestTensors", "load_test_tensors", "split_by_area", "spread_indices",
     "IterativeSweep", "sweep_one_step_vs_iterative",
     "RepairSweep", "repair_errors", "remaining_fraction", "sweep_repair", "first_t_below",

@@ -80,7 +80,9 @@ def _blend(normal: Tensor, scaled_source: Tensor, mask: Tensor, beta: Tensor,
 
 @dataclass
 class SynthesisConfig:
-    """Every constant of the anomaly-synthesis recipe (defaults: DiffusionAD's code).
+    """Every constant of the anomaly-synthesis recipe (defaults: DiffusionAD's code, except the
+    texture window ``crop_scale`` and ``max_rounds``: see ``preset("diffusionad_official")`` and
+    :mod:`dap.methods.diffusionad.official`).
 
     Build with ``from_dict(SynthesisConfig, {...})`` (unknown keys are rejected) or
     :meth:`preset`.
@@ -156,9 +158,11 @@ class SynthesisConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "SynthesisConfig":
-        """``"diffusionad"`` (the defaults) or ``"glad"``, with optional overrides."""
+        """``"diffusionad"`` (the defaults), ``"diffusionad_official"`` (the official code's whole
+        texture picture and 50 redraws of an empty mask) or ``"glad"``, with overrides."""
         presets = {
             "diffusionad": {},
+            "diffusionad_official": {"crop_scale": (1.0, 1.0), "max_rounds": 50},
             "glad": {"perlin_threshold": 0.3, "beta_range": (0.0, 0.8), "shuffle": "grid"},
         }
         if name not in presets:

@@ -17,6 +17,8 @@ from dap.synthesis import SynthesisConfig
 
 #: how ``reconstruct`` makes x0 (the paper, and the ablations of Table VII)
 ReconstructionMode = Literal["norm_guided", "one_step_s", "one_step_b", "ddpm", "ddim"]
+#: the range the two networks see: [-1, 1] (dap, the DDPM convention) or [0, 1] (official code)
+InputRange = Literal["signed", "unit"]
 RECONSTRUCTIONS: tuple[str, ...] = ("norm_guided", "one_step_s", "one_step_b", "ddpm", "ddim")
 
 
@@ -39,6 +41,16 @@ class DiffusionADConfig:
         Whether L_mask back-propagates into the denoiser through x0_g (official: True).
     clip_sample : bool
         Clamp one-step predictions to [-1, 1] (the official code clamps).
+    input_range : ``"signed"`` or ``"unit"``
+        What the networks see. ``"signed"``: images in [-1, 1], the DDPM convention the paper's
+        equations assume. ``"unit"``: x / 255 in [0, 1] as the official code feeds both networks
+        (its predictions are still clamped to [-1, 1]). The signal then has a quarter of the
+        variance, so the same t has a quarter of the signal-to-noise ratio (abar_t Var(x0) /
+        (1 - abar_t)). Every public interface stays in [-1, 1]: the method maps inputs
+        to its range and reconstructions back (x -> (x + 1) / 2, x0 -> 2 x0 - 1).
+    noise_loss_reduction : ``"mean"`` or ``"sum"``
+        L_noise as the average of the two scales' MSE (the paper, eq. in Sec. III-E) or their
+        sum (the official code, which doubles L_noise relative to L_mask).
     reconstruction : str
         ``norm_guided`` (the paper), or an ablation: ``one_step_s`` / ``one_step_b`` (eq. 6 from
         t_s or t_b), ``ddpm`` (eq. 3 iterated from ``iterative_t``), ``ddim`` (``ddim_steps`` steps
@@ -62,6 +74,8 @@ class DiffusionADConfig:
     smooth_l1_weight: float = 1.0
     mask_loss_into_denoiser: bool = True
     clip_sample: bool = True
+    input_range: InputRange = "signed"
+    noise_loss_reduction: Literal["mean", "sum"] = "mean"
     reconstruction: ReconstructionMode = "norm_guided"
     iterative_t: int = 400
     ddim_steps: int = 30
@@ -95,4 +109,5 @@ def diffusionad_config(preset: str = "paper", **overrides: Any) -> DiffusionADCo
     return replace(base, **overrides) if overrides else base
 
 
-__all__ = ["DiffusionADConfig", "diffusionad_config", "ReconstructionMode", "RECONSTRUCTIONS"]
+__all__ = ["DiffusionADConfig", "diffusionad_config", "ReconstructionMode", "RECONSTRUCTIONS",
+           "InputRange"]

@@ -1,6 +1,7 @@
 """DiffusionAD's losses (Sec. III-E), as pure functions.
 
     L_noise = (1 - y) (||eps_s - eps_theta(x_ts, t_s)||^2 + ||eps_b - eps_theta(x_tb, t_b)||^2) / 2
+              (the paper; the official code omits the / 2: ``reduction="sum"``)
     L_mask  = SmoothL1(M_hat, M) + focal_weight * Focal(M_hat, M)
     L_total = L_noise + L_mask
 
@@ -19,16 +20,19 @@ from dap.losses import focal_loss, masked_noise_loss, smooth_l1_loss
 
 
 def joint_noise_loss(eps_s: Tensor, noise_s: Tensor, eps_b: Tensor, noise_b: Tensor,
-                     normal: Tensor) -> Tensor:
-    """L_noise: the mean over normal samples of the two scales' MSE, halved (Sec. III-E).
+                     normal: Tensor, reduction: str = "mean") -> Tensor:
+    """L_noise over the normal samples: the two scales' MSE averaged (Sec. III-E) or summed.
 
-    eps_s, noise_s, eps_b, noise_b : ``(B, C, H, W)``; normal : ``(B,)`` bool. Exactly 0 (and
-    differentiable) when no sample is normal. The official code sums the two scales instead
-    of averaging them (twice this value).
+    eps_s, noise_s, eps_b, noise_b : ``(B, C, H, W)``; normal : ``(B,)`` bool. ``reduction``:
+    ``"mean"`` = (MSE_s + MSE_b) / 2 as the paper writes it; ``"sum"`` = MSE_s + MSE_b as the
+    official code computes it (so its mask loss weighs half as much relative to L_noise).
+    Exactly 0 (and differentiable) when no sample is normal.
     """
-    # L_noise = (MSE_s + MSE_b) / 2 over the normal samples
-    return 0.5 * (masked_noise_loss(eps_s, noise_s, normal)
-                  + masked_noise_loss(eps_b, noise_b, normal))
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    total = masked_noise_loss(eps_s, noise_s, normal) + masked_noise_loss(eps_b, noise_b, normal)
+    # paper: (MSE_s + MSE_b) / 2; official code: MSE_s + MSE_b
+    return 0.5 * total if reduction == "mean" else total
 
 
 class MaskLoss(NamedTuple):
