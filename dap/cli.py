@@ -242,7 +242,10 @@ def run_train(args) -> int:
         prov.update(command="python -m dap " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                     method_config=method.config_dict(), git_commit=git_commit(),
                     train_overrides=tover, torch=torch.__version__)
-        pt, js = zoo.export(method, args.export, prov, force=args.force)
+        from dap.experiments import validation_scorer
+
+        pt, js = zoo.export(method, args.export, prov, force=args.force,
+                            score=validation_scorer(method, args.data, args.data_root))
         print(f"exported {pt} ({pt.stat().st_size / 1e6:.1f} MB) and {js}")
     return 0
 

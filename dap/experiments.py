@@ -41,6 +41,31 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 # --------------------------------------------------------------------------------------------
 # Training and evaluation of one model
 # --------------------------------------------------------------------------------------------
+def _validation_set(method: AnomalyMethod, val_ds):
+    """The validation split's normal images + synthetic anomalies (fixed seed: always the same)."""
+    val_fg = stack(val_ds, "foreground") if not is_texture(val_ds) else None
+    return synthetic_validation_set(method.synthesizer, stack(val_ds, "image"), val_fg,
+                                    is_texture=is_texture(val_ds))
+
+
+def _scorer(tdata: TrainData, vset):
+    def score(m: AnomalyMethod) -> dict[str, float]:
+        # the rule the test uses: calibrated (training / validation data only), then predict
+        m.calibrate(tdata.images, vset)
+        return validate_on(m, vset)
+    return score
+
+
+def validation_scorer(method: AnomalyMethod, data: str, data_root_override: str | None = None):
+    """``score(m) -> validation metrics`` exactly as :func:`train_run` selects checkpoints
+    (the same synthetic validation set, calibrated first) — for checks after training, such as
+    the float16 check of :func:`dap.zoo.export`."""
+    spec = parse_data(data, method.image_size, data_root_override)
+    train_ds, val_ds, _ = datasets(spec, method.image_size)
+    tdata = TrainData.from_dataset(train_ds, is_texture=is_texture(train_ds))
+    return _scorer(tdata, _validation_set(method, val_ds))
+
+
 def train_run(method_name: str, data: str, profile: str | None = None, out_dir: str | Path | None
               = None, preset: str | None = None, overrides: dict[str, Any] | None = None,
               train_overrides: dict[str, Any] | None = None, data_root_override: str | None = None,
@@ -71,17 +96,12 @@ def train_run(method_name: str, data: str, profile: str | None = None, out_dir: 
     prepare_out_dir(out)
     train_ds, val_ds, _ = datasets(spec, size)
     tdata = TrainData.from_dataset(train_ds, is_texture=is_texture(train_ds))
-    val_fg = stack(val_ds, "foreground") if not is_texture(val_ds) else None
-    vset = synthetic_validation_set(method.synthesizer, stack(val_ds, "image"), val_fg,
-                                    is_texture=is_texture(val_ds))
+    vset = _validation_set(method, val_ds)
     extra = {"data": str(spec), "profile": prof.name, "preset": preset,
              "train_images": len(train_ds), "val_images": len(val_ds),
              "val_synthetic": len(vset), "val_anomalous": int(vset.label.sum())}
 
-    def score(m: AnomalyMethod) -> dict[str, float]:
-        # the rule the test uses: calibrated (training / validation data only), then predict
-        m.calibrate(tdata.images, vset)
-        return validate_on(m, vset)
+    score = _scorer(tdata, vset)
 
     result = train(method, tdata, tcfg, out, validate=score,
                    resume=resume, device=dev, extra=extra, progress=progress, stop_after=stop_after)
@@ -430,9 +450,6 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
     return rows
 
 
-__all__ = ["train_run", "evaluate_run", "evaluate_many", "ablation", "ablation_over_models",
-           "ABLATION_MODES", "demo", "Variant", "variants", "benchmark", "DDAD_DA_STEPS"]
-
 
 # --------------------------------------------------------------------------------------------
 # The training-recipe study of the small presets (tools/recipe_study.py)
@@ -522,3 +539,9 @@ def recipe_study(categories: Sequence[str], steps: int, out_dir: str | Path = "r
             write_tables(rows, out_dir, stem="recipe-study",
                          extra=("psnr_db", "wiener_psnr_db_t200", "channel_spread"))
     return rows
+
+
+__all__ = ["train_run", "evaluate_run", "evaluate_many", "ablation", "ablation_over_models",
+           "ABLATION_MODES", "demo", "Variant", "variants", "benchmark", "DDAD_DA_STEPS",
+           "validation_scorer", "ZOO_DIFFUSIONAD", "recipe_variants", "recipe_study",
+           "reconstruction_quality"]

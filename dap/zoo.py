@@ -3,7 +3,8 @@
 Each model ``NAME`` is two files in ``dap/checkpoints/``:
 
 ``NAME.pt``    a dap checkpoint (:mod:`dap.engine.checkpoint`, the format every run writes)
-               holding the config and the weights, stored in float16 to stay small
+               holding the config and the weights, stored in float16 to stay small when that
+               moves no validation metric by more than 0.1 point (:func:`half_precision_check`)
 ``NAME.json``  provenance: the ``python -m dap train ...`` command that made it, the config, the
                git commit, the training time and the *validation* metrics it was selected on.
 
@@ -16,10 +17,11 @@ Each model ``NAME`` is two files in ``dap/checkpoints/``:
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -66,19 +68,55 @@ def load(name: str, device: str | torch.device = "cpu") -> AnomalyMethod:
     return method_from_checkpoint(ckpt).to(device).eval()
 
 
-def export(method: AnomalyMethod, name: str, provenance: dict[str, Any],
-           directory: str | Path = ZOO_DIR, force: bool = False) -> tuple[Path, Path]:
-    """Write ``method`` as zoo model ``name`` (float16 weights + provenance JSON), atomically.
+#: float16 weights are shipped only if no validation metric moves by more than this (points)
+FP16_LIMIT_POINTS = 0.1
 
-    ``name`` is a name, never a path (:func:`check_name`); an existing model of that name is
-    replaced only with ``force``.
+
+@torch.no_grad()
+def half_precision_check(method: AnomalyMethod,
+                         score: Callable[[AnomalyMethod], dict[str, float]]) -> dict[str, Any]:
+    """Validation metrics of ``method`` as it is and with its weights rounded to float16.
+
+    ``score`` is the validation scorer (:func:`dap.experiments.validation_scorer`). Returns both
+    metric sets, the largest change in percentage points over the metrics in [0, 1] and whether
+    it stays within :data:`FP16_LIMIT_POINTS`.
+    """
+    before = {k: float(v) for k, v in score(method).items()}
+    rounded = copy.deepcopy(method)
+    for v in rounded.state_dict().values():
+        if v.is_floating_point():
+            v.copy_(v.half().float())
+    after = {k: float(v) for k, v in score(rounded).items()}
+    keys = [k for k in before if k in after and 0.0 <= before[k] <= 1.0 and "threshold" not in k]
+    change = max((abs(after[k] - before[k]) * 100 for k in keys), default=0.0)
+    return {"metrics_fp32": before, "metrics_fp16": after, "max_change_points": change,
+            "limit_points": FP16_LIMIT_POINTS, "fp16_ok": change <= FP16_LIMIT_POINTS}
+
+
+def export(method: AnomalyMethod, name: str, provenance: dict[str, Any],
+           directory: str | Path | None = None, force: bool = False,
+           score: Callable[[AnomalyMethod], dict[str, float]] | None = None
+           ) -> tuple[Path, Path]:
+    """Write ``method`` as zoo model ``name`` (weights + provenance JSON), atomically.
+
+    Weights are stored in float16 — unless ``score`` (a validation scorer) is given and the
+    rounding moves a validation metric by more than :data:`FP16_LIMIT_POINTS`; then in float32.
+    The check's numbers go into the provenance (``fp16_check``). ``name`` is a name, never a
+    path (:func:`check_name`); an existing model of that name is replaced only with ``force``.
     """
     check_name(name)
-    directory = Path(directory)
+    directory = Path(ZOO_DIR if directory is None else directory)
     pt, js = directory / f"{name}.pt", directory / f"{name}.json"
     if not force and (pt.exists() or js.exists()):
         raise ConfigError(f"a zoo model {name!r} exists already in {directory}; choose another "
                           "name, or pass --force to replace it")
-    save_checkpoint(pt, model_payload(method, half=True))
+    half = True
+    provenance = dict(provenance)
+    if score is not None:
+        check = half_precision_check(method, score)
+        half = check["fp16_ok"]
+        provenance["fp16_check"] = check
+    provenance["weights_dtype"] = "float16" if half else "float32"
+    save_checkpoint(pt, model_payload(method, half=half))
     atomic_write_text(js, json.dumps(provenance, indent=2, default=str))
     return pt, js
