@@ -73,3 +73,20 @@ def test_wiener_errors():
         WienerDenoiser(torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match="fitted on"):
         WienerDenoiser(torch.randn(3, 3, 4, 4))(torch.zeros(1, 3, 8, 8), 0.5)
+
+
+def test_matching_timestep_equalises_the_snr_in_float64():
+    from dap.diffusion import NoiseSchedule
+
+    sched = NoiseSchedule()
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    snr = abar / (1 - abar)
+    for t in (50, 200, 400):
+        m = sched.matching_timestep(t, 4.0)
+        # brute force: the t' whose SNR with 4x the signal variance is closest to SNR(t)
+        ref = int(torch.argmin((torch.log(4 * snr) - torch.log(snr[t])).abs()))
+        assert abs(m - ref) <= 1 and m > t       # a stronger signal needs more noise
+    assert sched.matching_timestep(300, 1.0) == 300
+    with pytest.raises(ValueError, match="variance_ratio"):
+        sched.matching_timestep(10, 0.0)

@@ -197,6 +197,22 @@ class NoiseSchedule:
         abar = self.alphas_cumprod if timesteps is None else self.alphas_cumprod[timesteps]
         return abar / (1.0 - abar)
 
+    def matching_timestep(self, t: int, variance_ratio: float) -> int:
+        """The timestep whose SNR, for a signal ``variance_ratio`` times as strong, equals the
+        SNR at ``t`` — e.g. ``matching_timestep(200, 4.0)``: the t in [-1, 1] units that is as
+        noisy as t = 200 is for [0, 1] images (whose variance is a quarter).
+
+        Signal-to-noise of x_t = sqrt(abar) x0 + sqrt(1 - abar) eps with Var(x0) = v:
+        SNR_v(t) = v abar_t / (1 - abar_t); returns argmin_t' |log SNR_{rv}(t') - log SNR_v(t)|
+        (SNR falls monotonically with t).
+        """
+        if not 0 <= t < self.num_train_timesteps or variance_ratio <= 0:
+            raise ValueError(f"need 0 <= t < {self.num_train_timesteps} and variance_ratio > 0, "
+                             f"got t={t}, variance_ratio={variance_ratio}")
+        log_snr = torch.log(self.snr().double())
+        target = log_snr[t] - math.log(variance_ratio)
+        return int(torch.argmin((log_snr - target).abs()))
+
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: int | Tensor) -> Tensor:
         """Sample q(x_t | x_0) with the given noise (DiffusionAD eq. 1, DDPM eq. 4).
 
