@@ -541,7 +541,56 @@ def recipe_study(categories: Sequence[str], steps: int, out_dir: str | Path = "r
     return rows
 
 
+
+# --------------------------------------------------------------------------------------------
+# The shipped models (tools/train_zoo.py): one recipe per method, 64 px, built-in categories
+# --------------------------------------------------------------------------------------------
+#: the built-in categories every shipped model is trained on
+ZOO_CATEGORIES: tuple[str, ...] = ("brick", "grass", "gravel")
+#: optimiser steps at batch 8 for the methods trained in one phase
+ZOO_STEPS = 3000
+_ZOO_TRAIN = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 50, "batch_size": 8,
+              "val_every": 250, "ema_decay": 0.995}
+
+
+def zoo_recipes() -> dict[str, Variant]:
+    """How each shipped model is trained at the ``ci`` preset (64 px): ``method -> Variant``.
+
+    DiffusionAD: the shipped recipe of the study (:func:`recipe_variants`) with EMA, for
+    ``ZOO_STEPS`` steps. DDAD, GLAD and DRAEM: the same optimiser settings and budget (DDAD
+    with its benchmark's domain adaptation). DiffAD: its three phases at the ``ci`` lengths.
+    Every model is selected on validation (DiffAD: its last step, see
+    :func:`_diffad_ci_training`) and exported with a float16 check (:func:`dap.zoo.export`).
+    """
+    steps = {**_ZOO_TRAIN, "steps": ZOO_STEPS}
+    return {
+        "diffusionad": _with(ZOO_DIFFUSIONAD, train_overrides={**steps, "amp": "auto"}),
+        "ddad": Variant(overrides={"domain_adaptation_steps": DDAD_DA_STEPS},
+                        train_overrides=steps),
+        "glad": Variant(train_overrides=steps),
+        "diffad": Variant(train_overrides={**_diffad_ci_training(), "ema_decay": 0.995}),
+        "draem": Variant(train_overrides=steps),
+    }
+
+
+def zoo_command(method_name: str, category: str, out_root: str | Path = "runs/zoo"
+                ) -> list[str]:
+    """The ``python -m dap train ...`` arguments that train and export one shipped model
+    (:func:`zoo_recipes`); resumable: run again, it continues from ``OUT/last.pt``."""
+    recipes = zoo_recipes()
+    if method_name not in recipes:
+        raise ConfigError(f"no zoo recipe for {method_name!r}; recipes: {list(recipes)}")
+    spec = recipes[method_name]
+    args = ["train", "--method", method_name, "--data", f"builtin:{category}", "--profile", "ci",
+            "--out", str(Path(out_root) / f"{method_name}-{category}"),
+            "--export", f"{method_name}-builtin-{category}", "--force"]
+    if spec.overrides:
+        args += ["--set", *(f"{k}={json.dumps(v)}" for k, v in spec.overrides.items())]
+    if spec.train_overrides:
+        args += ["--train-set", *(f"{k}={json.dumps(v)}" for k, v in spec.train_overrides.items())]
+    return args
+
 __all__ = ["train_run", "evaluate_run", "evaluate_many", "ablation", "ablation_over_models",
            "ABLATION_MODES", "demo", "Variant", "variants", "benchmark", "DDAD_DA_STEPS",
            "validation_scorer", "ZOO_DIFFUSIONAD", "recipe_variants", "recipe_study",
-           "reconstruction_quality"]
+           "reconstruction_quality", "ZOO_CATEGORIES", "ZOO_STEPS", "zoo_recipes", "zoo_command"]
