@@ -254,7 +254,8 @@ def test_registry_builds_draem_at_every_preset():
     assert isinstance(m, DRAEM) and m.image_size == 64 and m.config.score_window == 5
     assert method_config("draem", "cpu").reconstructive.image_size == 128
     assert method_config("draem", "cpu").score_window == 11
-    assert build_method("draem", "ci", segmenter={"base_width": 16}).segmenter.config.base_width == 16
+    wide = build_method("draem", "ci", segmenter={"base_width": 16})
+    assert wide.segmenter.config.base_width == 16
     assert isinstance(m.segmenter, SegmentationUNet)
 
 

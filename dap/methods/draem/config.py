@@ -69,7 +69,8 @@ class DRAEMConfig:
                               f"reconstructive.out_channels = {r.in_channels + r.out_channels}")
         if self.segmenter.out_channels != 1:
             raise ConfigError("DRAEM's segmenter predicts one anomaly logit per pixel: "
-                              f"segmenter.out_channels must be 1, got {self.segmenter.out_channels}")
+                              "segmenter.out_channels must be 1, got "
+                              f"{self.segmenter.out_channels}")
         factor = 2 ** (len(self.segmenter.encoder_mult) - 1)
         if r.image_size % factor:
             raise ConfigError(f"reconstructive.image_size={r.image_size} must be divisible by the "

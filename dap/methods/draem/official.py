@@ -1,4 +1,5 @@
-"""Where dap's DRAEM differs from the official code (VitjanZ/DRAEM, commit b5b11e7), one record each.
+"""Where dap's DRAEM differs from the official code (VitjanZ/DRAEM, commit b5b11e7), one record
+each.
 
 Read side by side with the official ``model_unet.py``, ``loss.py``, ``train_DRAEM.py``,
 ``test_DRAEM.py`` and ``data_loader.py``, and its README's training command (``--lr 0.0001

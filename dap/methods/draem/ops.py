@@ -54,7 +54,8 @@ def ssim_map(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 11,
 
     ::
 
-        SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
+        SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2)
+               / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
 
     with Gaussian-weighted means, variances and covariance (their eqs. 14-16; ``E[x^2] - mu^2``,
     the biased estimate) and C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = ``data_range``. Windows that
@@ -74,7 +75,7 @@ def ssim_map(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 11,
     var_y = _local_mean(y * y, w) - mu_y.square()
     cov = _local_mean(x * y, w) - mu_x * mu_y
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    # SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2))
+    # SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2))
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / \
         ((mu_x.square() + mu_y.square() + c1) * (var_x + var_y + c2))
 
