@@ -14,7 +14,7 @@ this)::
     copy_metrics             DiffAD's copy PSNR
      |
     methods  runtime         base (the contract) + one package per method; speed options:
-     |                       diffusionad, ddad, glad, diffad (config, ops, model)
+     |                       diffusionad, ddad, glad, diffad, draem (config, ops, model)
      |
     diffusion  models  features  synthesis  losses      the paper's machinery
      |

@@ -10,6 +10,7 @@ diffusionad    DiffusionAD: norm-guided one-step denoising + segmenter    06
 ddad           DDAD: conditioned denoising, feature + pixel distance      07
 glad           GLAD: adaptive steps, anomaly-aware training, SAFF         08
 diffad         DiffAD: latent diffusion, noisy condition, interpolation   09
+draem          DRAEM: reconstructive auto-encoder + segmenter (baseline)  06
 =============  =========================================================  ==============
 """
 
@@ -28,6 +29,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "ddad": ("dap.methods.ddad", "DDAD", "ddad_config"),
     "glad": ("dap.methods.glad", "GLAD", "glad_config"),
     "diffad": ("dap.methods.diffad", "DiffAD", "diffad_config"),
+    "draem": ("dap.methods.draem", "DRAEM", "draem_config"),
 }
 
 
