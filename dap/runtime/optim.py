@@ -58,4 +58,34 @@ def optimizer_threads(params: Any, small: int = 1 << 16) -> int | None:
 
 
 
-__all__ = ["optimizer_kwargs", "optimizer_threads"]
+def limit_step_threads(optimizer: "torch.optim.Optimizer", threads: int | None = None) -> int | None:
+    """Run every ``optimizer.step()`` on ``threads`` threads (default: :func:`optimizer_threads`).
+
+    Installed as step pre/post hooks, so the training loop's ``optimizer.step()`` (or a
+    ``GradScaler.step``) is unchanged. Returns the thread count used, or None when nothing was
+    installed (large tensors: the step keeps all threads). For CPU training; on a GPU the step's
+    work is on the device.
+    """
+    import torch
+
+    if threads is None:
+        threads = optimizer_threads([p for g in optimizer.param_groups for p in g["params"]])
+    if threads is None:
+        return None
+    saved: list[int] = []
+
+    def before(opt: Any, args: Any, kwargs: Any) -> None:
+        saved.append(torch.get_num_threads())
+        if threads < saved[-1]:
+            torch.set_num_threads(threads)
+
+    def after(opt: Any, args: Any, kwargs: Any) -> None:
+        if saved:
+            torch.set_num_threads(saved.pop())
+
+    optimizer.register_step_pre_hook(before)
+    optimizer.register_step_post_hook(after)
+    return threads
+
+
+__all__ = ["optimizer_kwargs", "optimizer_threads", "limit_step_threads"]
