@@ -26,6 +26,8 @@ from dap import runtime
 
 runtime.set_wait_policy_quiet()  # before torch is imported
 
+from dap.report import provenance  # noqa: E402  (records the commit this process starts with)
+
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
 
 
@@ -105,8 +107,6 @@ def main(argv=None) -> int:
                   f"{fast['fps_batch1']:.1f} ({fast['fps_batch1'] / plain['fps_batch1']:.2f}x); "
                   f"batched: {plain['throughput']:.1f} -> {fast['throughput']:.1f} img/s", flush=True)
     if args.out:
-        from dap.report import provenance
-
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"kind": "demo-paths", "seeds": args.seeds,
                                               "models": models, "made_by": provenance()},
