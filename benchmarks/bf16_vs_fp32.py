@@ -1,13 +1,16 @@
 """Is a bf16-trained DiffusionAD as good as an fp32-trained one after the same number of steps?
 
 Trains the same model twice -- the ``ci`` preset at 64 px with the shipped models' segmenter
-and schedule (``tools/train_zoo.sh``), on the same data, seed and steps -- once with float32
-(``amp="off"``) and once with bf16 autocast (``amp="bf16"``), through the public training API
-(``dap.experiment.train_run``). The two arms run in parallel as two processes with one CPU
-thread each. Both report the last step's weights (``select_metric="last"``: no selection that
-could favour one arm) on the validation split (normal images + synthetic anomalies, the same
-fixed set for both), at every validation point; ``--test`` adds the test-split metrics of the
-final weights. Validation always predicts in float32, so only the training precision differs.
+and schedule (``tools/train_zoo.sh``), on the same data, seed and steps -- through the public
+training API (``dap.experiments.train_run``): once on the plain path (``plain=True``: float32,
+contiguous, eager, PyTorch's default Adam: the official recipe) and once on the fast path that
+training uses by default (bf16 autocast, channels_last, fused kernels, fused Adam:
+``amp="bf16"``). The two arms run in parallel as two processes with one CPU thread each. Both
+report the last step's weights (``select_metric="last"``: no selection that could favour one
+arm) on the validation split (normal images + synthetic anomalies, the same fixed set for
+both), at every validation point; ``--test`` adds the test-split metrics of the final weights.
+Validation and the test evaluation predict in float32 (the test one on the plain path,
+``DAP_PLAIN=1``), so only the training differs.
 
     python benchmarks/bf16_vs_fp32.py                     # builtin:brick, 300 steps, ~10 min
     python benchmarks/bf16_vs_fp32.py --steps 800 --data builtin:grass --test
@@ -52,7 +55,8 @@ def arm(amp: str, args) -> dict:
     torch.set_num_threads(1)
     api = _train_run()
     steps = args.steps
-    train = {**ZOO_TRAIN, "amp": amp, "steps": steps, "seed": args.seed,
+    path = {"amp": "off", "plain": True} if amp == "off" else {"amp": "bf16", "plain": False}
+    train = {**ZOO_TRAIN, **path, "steps": steps, "seed": args.seed,
              "val_every": max(1, steps // args.validations), "select_metric": "last"}
     if steps < ZOO_TRAIN["warmup_steps"] * 2:
         train["warmup_steps"] = 0
@@ -64,6 +68,7 @@ def arm(amp: str, args) -> dict:
            "final_loss": sum(h["loss"] for h in result.history[-20:])
            / len(result.history[-20:])}
     if args.test:
+        os.environ["DAP_PLAIN"] = "1"  # both arms evaluated alike: float32, plain
         row, _ = api.evaluate_run(method, args.data, out_dir=None, fps=False, progress=False)
         out["test"] = {k: v for k, v in row.items() if isinstance(v, (int, float))}
     return out
@@ -86,6 +91,7 @@ def main(argv=None) -> int:
         print(json.dumps(arm(args.arm, args)), flush=True)
         return 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env.pop("DAP_PLAIN", None)  # each arm chooses its path itself
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     extra = ["--test"] if args.test else []
     procs = {amp: subprocess.Popen(
@@ -120,8 +126,12 @@ def main(argv=None) -> int:
           f"bf16 {b16['final_loss']:.4f}")
     print(f"wall time (in parallel, 1 thread each): fp32 {f32['seconds']:.0f} s, bf16 "
           f"{b16['seconds']:.0f} s")
+    from dap.report import provenance
+
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "comparison.json").write_text(json.dumps(res, indent=1))
+    (Path(args.out) / "comparison.json").write_text(json.dumps(
+        {"kind": "bf16-vs-fp32", "data": args.data, "steps": args.steps, "seed": args.seed,
+         "arms": res, "made_by": provenance()}, indent=1))
     return 0
 
 

@@ -197,7 +197,11 @@ def main(argv=None) -> int:
               f"{a + b * args.predict:.1f} GB", flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"rows": rows, "fits": fits}, indent=1))
+        from dap.report import provenance
+
+        Path(args.out).write_text(json.dumps({"kind": "memory", "preset": args.preset,
+                                              "predict_batch": args.predict, "rows": rows,
+                                              "fits": fits, "made_by": provenance()}, indent=1))
     return 0
 
 

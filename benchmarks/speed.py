@@ -208,10 +208,11 @@ def plain_path(base, size: int) -> SpeedPath:
 
 
 def fast_path(base, size: int, compile: bool = False) -> SpeedPath:
-    """Everything :func:`dap.runtime.speed_up` does by default, with autocast and fused AdamW."""
-    method = runtime.speed_up(copy.deepcopy(base), compile=compile)
-    return SpeedPath("fast+compile" if compile else "fast", method,
-                     runtime.autocast_dtype("cpu", "auto"), True, True, True)
+    """What ``dap.engine`` trains and evaluates with by default (:func:`dap.runtime.setup`:
+    :func:`dap.runtime.speed_up` and the autocast dtype), with fused AdamW."""
+    method = copy.deepcopy(base)
+    dtype = runtime.setup(method, "cpu", "auto", plain=False, compile=compile)
+    return SpeedPath("fast+compile" if compile else "fast", method, dtype, True, True, True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +234,8 @@ def interleaved(fns: dict[str, callable], reps: int, warmup: int = 1) -> dict[st
 
 
 def summarise(label: str, times: dict[str, list[float]], batch: int, base: str = "plain",
-              goal: float | None = None, results: list | None = None) -> None:
+              goal: float | None = None, results: list | None = None, part: str = "",
+              size: int = 0) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     mean = {k: statistics.fmean(v) for k, v in times.items()}
     parts = [f"{k} {batch / med[k]:7.1f} img/s" for k in times]
@@ -246,7 +248,7 @@ def summarise(label: str, times: dict[str, list[float]], batch: int, base: str =
     print(f"{label}: " + " | ".join(parts) + " -> ratio " + "; ".join(ratios) + goal_txt,
           flush=True)
     if results is not None:
-        results.append({"what": label, "batch": batch,
+        results.append({"what": label, "batch": batch, "part": part, "size": size,
                         "img_per_s": {k: batch / med[k] for k in times},
                         "ratio": {k: med[base] / med[k] for k in times if k != base},
                         "seconds": times})
@@ -281,9 +283,12 @@ def run_size(size: int, args, results: list) -> None:
             comp.denoiser_step(x, t, noise)
         if "predict" in args.parts:
             comp.predict(x)
+        seconds = time.perf_counter() - t0
+        compiled = all(runtime.is_compiled(n) for n in runtime.networks(comp.method))
         print(f"    torch.compile: first calls (compiling the graphs of {', '.join(args.parts)}) "
-              f"{time.perf_counter() - t0:.0f} s; compiled: "
-              f"{all(runtime.is_compiled(n) for n in runtime.networks(comp.method))}", flush=True)
+              f"{seconds:.0f} s; compiled: {compiled}", flush=True)
+        results.append({"what": f"torch.compile, {size} px", "part": "compile", "size": size,
+                        "seconds": seconds, "compiled": compiled})
         paths.append(comp)
     print(f"--- {size} px: preset {preset!r} ({n_params:.2f} M parameters), batch {args.batch}, "
           f"{args.reps} interleaved repetitions", flush=True)
@@ -291,15 +296,16 @@ def run_size(size: int, args, results: list) -> None:
     if "denoiser" in args.parts:
         summarise(f"[1] denoiser fwd+bwd, {label}",
                   interleaved({p.name: (lambda p=p: p.denoiser_step(x, t, noise)) for p in paths},
-                              args.reps), args.batch, results=results)
+                              args.reps), args.batch, results=results, part="denoiser",
+                  size=size)
     if "train" in args.parts:
         summarise(f"[2] training step (synthesis + forward + backward + AdamW), {label}",
                   interleaved({p.name: (lambda p=p: p.train_step(x)) for p in paths}, args.reps),
-                  args.batch, goal=2.0, results=results)
+                  args.batch, goal=2.0, results=results, part="train", size=size)
     if "predict" in args.parts:
         summarise(f"[3] inference (predict: norm-guided x0_g + segmenter), {label}",
                   interleaved({p.name: (lambda p=p: p.predict(x)) for p in paths}, args.reps),
-                  args.batch, goal=2.5, results=results)
+                  args.batch, goal=2.5, results=results, part="predict", size=size)
     if args.ablate:
         variants = [make_path("plain", base, size, numpy_synthesis=True),
                     make_path("dap synthesis", base, size)]
@@ -367,8 +373,12 @@ def main(argv=None) -> int:
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"threads": threads, "dtype": str(dtype),
-                                              "results": results}, indent=1))
+        from dap.report import provenance
+
+        Path(args.out).write_text(json.dumps({"kind": "speed", "threads": threads,
+                                              "dtype": str(dtype), "batch": args.batch,
+                                              "reps": args.reps, "results": results,
+                                              "made_by": provenance()}, indent=1))
     return 0
 
 

@@ -395,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="dap: diffusion-based unsupervised surface anomaly detection.",
     )
     parser.add_argument("--version", action="version", version=f"dap {__version__}")
+    parser.add_argument("--plain", action="store_true",
+                        help="the plain path everywhere (float32, contiguous, eager: the "
+                             "official code's recipe) instead of the fast path; sets DAP_PLAIN=1")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads (default: $OMP_NUM_THREADS, else the physical cores)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (add_data, add_train, add_evaluate, add_demo, add_ablation, add_benchmark):
@@ -402,14 +407,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setup_cpu(args) -> None:
+    """The process's CPU settings, in one place for every command: the OpenMP wait policy
+    (already set by :func:`main`), the thread count, and the fast or plain path."""
+    import os
+
+    from dap import runtime
+
+    if args.plain:
+        os.environ[runtime.PLAIN_ENV] = "1"
+    if args.command != "data":  # data commands stay light (no torch threads to set)
+        runtime.configure_threads(args.threads)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; errors from bad input print one clear line."""
+    import os
+
+    from dap import runtime
+
+    # before any command imports torch: idle OpenMP threads sleep (see dap.runtime.threads)
+    runtime.set_wait_policy_quiet()
     from dap.config import ConfigError
     from dap.engine.train import TrainingDiverged
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    plain_before = os.environ.get(runtime.PLAIN_ENV)
     try:
+        _setup_cpu(args)
         return int(args.func(args) or 0)
     except (ConfigError, OSError, ValueError, TrainingDiverged) as exc:
         what = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
@@ -418,6 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:  # main() may run inside another program (tests): leave its environment as found
+        if args.plain:
+            if plain_before is None:
+                os.environ.pop(runtime.PLAIN_ENV, None)
+            else:
+                os.environ[runtime.PLAIN_ENV] = plain_before
 
 
 if __name__ == "__main__":  # pragma: no cover

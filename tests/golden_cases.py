@@ -174,7 +174,7 @@ def train_steps(method, images: Tensor, steps: int, batch_size: int, out_dir: st
     from dap.engine.train import TrainConfig, TrainData, to_uint8, train
 
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=1e-4, val_every=0,
-                      select_metric="last", amp="off", seed=0, log_every=1)
+                      select_metric="last", amp="off", plain=True, seed=0, log_every=1)
     result = train(method, TrainData(to_uint8(images)), cfg, out_dir, validate=None,
                    resume=False, device="cpu", progress=False)
     return result.history
@@ -387,11 +387,13 @@ def assert_matches(actual: dict[str, Tensor], expected: dict[str, Tensor], rtol:
 # ============================================================================================
 @contextlib.contextmanager
 def golden_env() -> Iterator[None]:
-    """One thread, grad mode on, the warnings of untrained / uncalibrated models silenced."""
+    """One thread, grad mode on, the warnings of untrained / uncalibrated models silenced, and
+    the plain path (float32, contiguous, eager: ``DAP_PLAIN=1``, see ``dap.runtime.fastpath``)
+    for everything the training and evaluation loops run: the cases pin float32 eager values."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), mock.patch.dict("os.environ", {"DAP_PLAIN": "1"}):
             warnings.simplefilter("ignore")
             with torch.enable_grad():
                 yield

@@ -53,8 +53,11 @@ def test_speed_benchmark_quick(tmp_path):
     assert "OMP_WAIT_POLICY=PASSIVE" in out, out
     import json
 
-    results = json.loads((tmp_path / "speed.json").read_text())["results"]
+    data = json.loads((tmp_path / "speed.json").read_text())
+    results = data["results"]
     assert len(results) == 3 and all("fast" in r["ratio"] for r in results)
+    assert data["kind"] == "speed" and data["made_by"]["command"].startswith("speed.py")
+    assert "| 64 px | joint training step |" in _render(tmp_path / "speed.json")
 
 
 def test_gpu_benchmark_tiny(tmp_path):
@@ -77,3 +80,36 @@ def test_memory_benchmark_quick(tmp_path):
     res = json.loads((tmp_path / "memory.json").read_text())
     assert len(res["rows"]) == 4 and all(r["peak_kb"] > 0 for r in res["rows"])
     assert set(res["fits"]) == {"bf16+ckpt", "fp32"}
+    assert res["kind"] == "memory" and "| bf16+ckpt |" in _render(tmp_path / "memory.json")
+
+
+def _render(kind_file: Path) -> str:
+    """The README block tools/results_tables.py makes of a results file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_tables",
+                                                  ROOT / "tools" / "results_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.table(kind_file.stem, kind_file.parent)
+
+
+def test_demo_paths_quick(tmp_path):
+    out = run_quick("demo_paths.py", flags=("--quick", "--seeds", "0",
+                                            "--out", str(tmp_path / "demo-paths.json")))
+    assert "image_auroc  plain" in out and "change" in out, out
+    import json
+
+    res = json.loads((tmp_path / "demo-paths.json").read_text())
+    assert res["kind"] == "demo-paths" and res["made_by"]["command"].startswith("demo_paths.py")
+    assert "| image auroc |" in _render(tmp_path / "demo-paths.json")
+
+
+def test_bf16_vs_fp32_quick(tmp_path):
+    out = run_quick("bf16_vs_fp32.py", flags=("--quick", "--out", str(tmp_path)))
+    assert "val_mean" in out and "final training loss" in out, out
+    import json
+
+    res = json.loads((tmp_path / "comparison.json").read_text())
+    assert set(res["arms"]) == {"off", "bf16"} and res["kind"] == "bf16-vs-fp32"
+    assert "fp32, plain path" in _render(tmp_path / "comparison.json")

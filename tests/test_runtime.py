@@ -65,8 +65,8 @@ BF16, FP16 = torch.bfloat16, torch.float16
     ("mps", "fp16", None, None, FP16),
 ])
 def test_autocast_dtype_table(monkeypatch, device, amp, cpu_bf16, cuda_bf16, expected):
-    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: cpu_bf16)
-    monkeypatch.setattr(runtime, "cuda_supports_bf16", lambda device=None: cuda_bf16)
+    monkeypatch.setattr(runtime.precision, "cpu_supports_bf16", lambda: cpu_bf16)
+    monkeypatch.setattr(runtime.precision, "cuda_supports_bf16", lambda device=None: cuda_bf16)
     assert runtime.autocast_dtype(device, amp) == expected
 
 
@@ -95,15 +95,15 @@ def test_cpu_bf16_detection(monkeypatch):
     runtime.cpu_supports_bf16.cache_clear()
     try:
         monkeypatch.delenv("DAP_CPU_BF16", raising=False)
-        monkeypatch.setattr(runtime, "_capability_says_bf16", lambda: False)
-        monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx2", "avx512f"})
+        monkeypatch.setattr(runtime.precision, "_capability_says_bf16", lambda: False)
+        monkeypatch.setattr(runtime.precision, "_cpu_flags", lambda: {"avx2", "avx512f"})
         assert runtime.cpu_supports_bf16() is False           # no bf16 flag: not native
         runtime.cpu_supports_bf16.cache_clear()
-        monkeypatch.setattr(runtime, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
-        monkeypatch.setattr(runtime, "_bf16_smoke_check", lambda: False)
+        monkeypatch.setattr(runtime.precision, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
+        monkeypatch.setattr(runtime.precision, "_bf16_smoke_check", lambda: False)
         assert runtime.cpu_supports_bf16() is False           # flag, but the check fails
         runtime.cpu_supports_bf16.cache_clear()
-        monkeypatch.setattr(runtime, "_bf16_smoke_check", lambda: True)
+        monkeypatch.setattr(runtime.precision, "_bf16_smoke_check", lambda: True)
         assert runtime.cpu_supports_bf16() is True
         runtime.cpu_supports_bf16.cache_clear()
         monkeypatch.setenv("DAP_CPU_BF16", "0")
@@ -114,12 +114,12 @@ def test_cpu_bf16_detection(monkeypatch):
 
 def test_bf16_smoke_check_runs_here():
     # bf16 kernels exist on every CPU build of torch (emulated where not native)
-    assert runtime._bf16_smoke_check() is True
+    assert runtime.precision._bf16_smoke_check() is True
 
 
 def test_cpu_bf16_matches_the_flags():
     runtime.cpu_supports_bf16.cache_clear()
-    flags = runtime._cpu_flags() & runtime.BF16_CPU_FLAGS or runtime._capability_says_bf16()
+    flags = runtime.precision._cpu_flags() & runtime.BF16_CPU_FLAGS or runtime.precision._capability_says_bf16()
     if os.environ.get("DAP_CPU_BF16") in ("0", "1"):
         pytest.skip("DAP_CPU_BF16 overrides the detection")
     assert runtime.cpu_supports_bf16() is bool(flags)
@@ -153,9 +153,9 @@ def test_configure_threads(monkeypatch):
         assert runtime.configure_threads()["num_threads"] == 2    # the user's choice
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert runtime.configure_threads()["num_threads"] == runtime.physical_cores()
-        monkeypatch.setattr(runtime, "busy_cores", lambda: 64)
+        monkeypatch.setattr(runtime.threads, "busy_cores", lambda: 64)
         assert runtime.configure_threads(busy_aware=True)["num_threads"] == 1   # at least one
-        monkeypatch.setattr(runtime, "busy_cores", lambda: 0)
+        monkeypatch.setattr(runtime.threads, "busy_cores", lambda: 0)
         assert runtime.configure_threads(busy_aware=True)["num_threads"] == \
             runtime.physical_cores()
         with pytest.raises(ConfigError):
@@ -365,7 +365,7 @@ def test_maybe_compile_disabled_is_identity():
 
 
 def test_maybe_compile_without_compiler_falls_back(monkeypatch):
-    monkeypatch.setattr(runtime, "compile_unavailable_reason", lambda device="cpu": "no C++ compiler")
+    monkeypatch.setattr(runtime.compilation, "compile_unavailable_reason", lambda device="cpu": "no C++ compiler")
     m = nn.Linear(3, 2)
     messages: list[str] = []
     out = runtime.maybe_compile(m, warn=messages.append)
@@ -380,7 +380,7 @@ def test_maybe_compile_falls_back_when_compile_raises(monkeypatch):
             raise RuntimeError("inductor exploded\nlong traceback")
         return run
 
-    monkeypatch.setattr(runtime, "compile_unavailable_reason", lambda device="cpu": None)
+    monkeypatch.setattr(runtime.compilation, "compile_unavailable_reason", lambda device="cpu": None)
     monkeypatch.setattr(torch, "compile", broken_compile)
     m = nn.Linear(3, 2)
     keys = list(m.state_dict())
@@ -401,7 +401,7 @@ def test_maybe_compile_construction_error(monkeypatch):
     def no_compile(fn, **kw):
         raise RuntimeError("Python 3.99 is not supported")
 
-    monkeypatch.setattr(runtime, "compile_unavailable_reason", lambda device="cpu": None)
+    monkeypatch.setattr(runtime.compilation, "compile_unavailable_reason", lambda device="cpu": None)
     monkeypatch.setattr(torch, "compile", no_compile)
     m = nn.Linear(3, 2)
     messages: list[str] = []
@@ -410,7 +410,7 @@ def test_maybe_compile_construction_error(monkeypatch):
 
 
 def test_maybe_compile_user_errors_propagate(monkeypatch):
-    monkeypatch.setattr(runtime, "compile_unavailable_reason", lambda device="cpu": None)
+    monkeypatch.setattr(runtime.compilation, "compile_unavailable_reason", lambda device="cpu": None)
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)   # "compiled" = eager
     m = runtime.maybe_compile(nn.Linear(3, 2), warn=lambda s: None)
     with pytest.raises(RuntimeError):

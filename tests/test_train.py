@@ -139,7 +139,8 @@ def test_fp16_on_cpu_is_refused():
 # DDP with gloo on the CPU, 2 processes
 # --------------------------------------------------------------------------------------------
 class LinearMethod(AnomalyMethod):
-    """Deterministic loss, mean over the batch: DDP(2 x B) must equal one process with 2B."""
+    """Deterministic loss, mean over the batch: DDP(2 x B) must equal one process with 2B (in
+    float32, amp="off": bf16 autocast rounds a batch of 2B and two of B differently)."""
 
     name = "linear"
 
@@ -166,7 +167,8 @@ def _ddp_worker(rank, world, port, out):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         m = LinearMethod()
-        train(m, _data(12), _cfg(steps=4, batch_size=2, val_every=0), progress=False, device="cpu")
+        train(m, _data(12), _cfg(steps=4, batch_size=2, val_every=0, amp="off"), progress=False,
+              device="cpu")
         torch.save({k: v.clone() for k, v in m.state_dict().items()}, f"{out}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
@@ -178,7 +180,8 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     single = LinearMethod()
-    train(single, _data(12), _cfg(steps=4, batch_size=4, val_every=0), progress=False, device="cpu")
+    train(single, _data(12), _cfg(steps=4, batch_size=4, val_every=0, amp="off"),
+          progress=False, device="cpu")
     for k, v in single.state_dict().items():
         torch.testing.assert_close(r0[k], r1[k], rtol=0, atol=0)
         torch.testing.assert_close(r0[k], v, rtol=1e-5, atol=1e-6)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dap import runtime
 from dap.config import ConfigError, check_fields, to_dict
 from dap.engine.checkpoint import (CHECKPOINT_FORMAT, check_same_config, dap_version, git_commit,
                                    load_checkpoint, save_checkpoint)
@@ -46,8 +47,17 @@ from dap.methods.base import AnomalyMethod, TrainBatch
 class TrainConfig:
     """Settings of the training loop (not of the model).
 
-    ``batch_size`` is per process. ``amp``: ``auto`` = bf16 on CUDA devices that support it,
-    off on the CPU. ``select_metric``: a validation metric name, or ``last``.
+    ``batch_size`` is per process. ``select_metric``: a validation metric name, or ``last``.
+
+    Speed and memory (:mod:`dap.runtime`; measured in ``benchmarks/speed.py`` and
+    ``benchmarks/memory.py``, documented in the README's "Speed and memory"): ``amp``:
+    ``auto`` = bf16 autocast where the device computes bf16 natively (a CPU with AMX /
+    AVX-512 BF16, detected; a GPU of compute capability >= 8), float16 with a gradient scaler
+    on an older GPU, float32 elsewhere; ``off`` = float32. ``channels_last`` and ``compile``
+    are fast-path options; ``plain=True`` (or ``DAP_PLAIN=1``) trains on the plain path:
+    float32, contiguous, eager, PyTorch's default attention and Adam (the official code's
+    recipe). ``gradient_checkpointing`` recomputes the U-Nets' activations in the backward
+    pass: less memory, about one more forward pass of time, the same numbers.
 
     ``ema_decay``: None (off) or the decay d of an exponential moving average of the weights
     (:func:`ema_average`); validation, the selected checkpoint and the returned model then use the
@@ -65,6 +75,9 @@ class TrainConfig:
     warmup_steps: int = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    plain: bool = False
     seed: int = 0
     val_every: int = 250
     select_metric: str = "val_mean"
@@ -92,6 +105,10 @@ class TrainConfig:
         if self.select_metric != "last" and self.select_metric not in SELECT_METRICS:
             raise ConfigError(f"TrainConfig.select_metric {self.select_metric!r} is not a "
                               f"validation metric; use one of {list(SELECT_METRICS)} or 'last'")
+        if self.plain and (self.amp in ("bf16", "fp16") or self.compile):
+            raise ConfigError("TrainConfig.plain=True is the float32 eager path: it cannot have "
+                              f"amp={self.amp!r} or compile={self.compile}; use amp='auto' or "
+                              "'off' and compile=False, or plain=False")
 
 
 class TrainingDiverged(RuntimeError):
@@ -183,16 +200,9 @@ def seed_everything(seed: int) -> None:
 # Precision and devices
 # --------------------------------------------------------------------------------------------
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device`` (None = full fp32)."""
-    if amp == "off":
-        return None
-    if amp == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("amp='fp16' needs a CUDA device; use 'bf16' or 'off' on the CPU")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+    """The autocast dtype for ``amp`` on ``device`` (None = full fp32): bf16 where the device
+    computes it natively (detected, :func:`dap.runtime.autocast_dtype`)."""
+    return runtime.autocast_dtype(device, amp)
 
 
 def default_device() -> torch.device:
@@ -357,15 +367,21 @@ def train(
     rank, world = _dist()
     device = torch.device(device) if device is not None else default_device()
     method.to(device)
-    amp_dtype = resolve_amp(cfg.amp, device)
-    if cfg.channels_last and device.type == "cuda":
-        method.to(memory_format=torch.channels_last)
+    # the fast path (bf16 where native, channels_last, fused kernels) unless plain: dap.runtime
+    plain = runtime.resolve_plain(cfg.plain or None)
+    amp_dtype = runtime.setup(method, device, cfg.amp, plain, channels_last=cfg.channels_last,
+                              compile=cfg.compile,
+                              gradient_checkpointing=cfg.gradient_checkpointing)
+    channels_last = cfg.channels_last and not plain
     groups = method.param_groups(cfg.lr, cfg.lr_segmenter)
     if cfg.weight_decay and any("weight_decay" in g for g in groups):
         raise ConfigError(f"{method.name} sets the weight decay of its own parameter groups (see "
                           f"its config); TrainConfig.weight_decay={cfg.weight_decay} would be "
                           "ignored: leave it at 0")
-    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 **({} if plain else runtime.optimizer_kwargs(device)))
+    if not plain and device.type == "cpu":
+        runtime.limit_step_threads(optimizer)  # small models: the step on one thread
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = make_ema(method, cfg)
@@ -452,7 +468,7 @@ def train(
             g["lr"] = lr * _lr_factor(cfg, step)
         idx = data.indices(step, cfg.batch_size, cfg.seed, rank, world)
         batch = data.batch(idx, device)
-        if cfg.channels_last and device.type == "cuda":
+        if channels_last:
             batch.images = batch.images.contiguous(memory_format=torch.channels_last)
         gen = step_generator(cfg.seed, step, rank, device)
         rng_before = torch.get_rng_state()
