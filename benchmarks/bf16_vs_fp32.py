@@ -1,7 +1,7 @@
 """Is a bf16-trained DiffusionAD as good as an fp32-trained one after the same number of steps?
 
 Trains the same model twice -- the ``ci`` preset at 64 px with the shipped models' segmenter
-and schedule (``tools/train_zoo.sh``), on the same data, seed and steps -- through the public
+and schedule (``dap.experiments.ZOO_DIFFUSIONAD``), on the same data, seed and steps -- through the public
 training API (``dap.experiments.train_run``): once on the plain path (``plain=True``: float32,
 contiguous, eager, PyTorch's default Adam: the official recipe) and once on the fast path that
 training uses by default (bf16 autocast, channels_last, fused kernels, fused Adam:
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-# the shipped models' settings (tools/train_zoo.sh), with the step count of this comparison
+# the shipped models' settings (dap.experiments.ZOO_DIFFUSIONAD), with the step count of this comparison
 ZOO_OVERRIDES = {"segmenter": {"base_width": 16, "encoder_mult": [1, 2, 4, 8]}}
 ZOO_TRAIN = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 50, "batch_size": 8}
 METRICS = ("val_image_auroc", "val_pixel_auroc", "val_pixel_ap", "val_aupro", "val_mean")
