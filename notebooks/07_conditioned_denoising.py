@@ -40,6 +40,12 @@
 import os
 import sys
 
+# How big everything is comes from one switch, the profile (dap/profiles.py): ci = seconds,
+# cpu = minutes on a laptop, colab = a free Colab GPU (about an hour), full = the paper's
+# sizes on a GPU (hours). Default: colab on a Colab GPU, full on another GPU, else cpu.
+# To choose, uncomment the next line (or start Jupyter with DAP_PROFILE=cpu in its environment).
+# os.environ["DAP_PROFILE"] = "cpu"
+
 if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
     import importlib
     import subprocess
@@ -59,7 +65,7 @@ print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 # %% tags=["parameters"]
 from dap.profiles import get_profile
 
-PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full
+PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full | colab
 ZOO_MODEL = "diffusionad-builtin-brick"     # a trained denoiser to study conditioning with
 CATEGORY = "brick"                          # its built-in test images
 DATA = "mvtec:bottle" if PROFILE == "full" else f"builtin:{CATEGORY}"   # DDAD trained here
