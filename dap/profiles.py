@@ -43,6 +43,10 @@ class Profile:
         of every model trained by ``dap.experiments`` (DiffusionAD trains 3000 epochs at batch
         16; ``full`` approximates that in steps for a ~250-image category)
     notebook_train_steps : the steps a notebook trains a model for when it trains one
+    notebook_preset : the model preset a notebook trains (notebooks 06-09). ``cpu`` uses the
+        64 px ``ci`` preset there: one DiffusionAD step of the 128 px ``cpu`` preset takes
+        ~25 s on one thread, so a notebook that must finish in 10 minutes could train ~20 of
+        them; the ``ci`` preset trains enough steps in that time to see the loss fall
     num_images : how many images a notebook demonstration uses
     grid_points : how many t values a sweep over t visits
     """
@@ -56,6 +60,7 @@ class Profile:
     notebook_train_steps: int
     num_images: int
     grid_points: int
+    notebook_preset: str
 
     def train_defaults(self) -> dict[str, Any]:
         """The :class:`dap.engine.train.TrainConfig` fields this profile sets."""
@@ -65,15 +70,19 @@ class Profile:
 
 TABLE: dict[str, Profile] = {
     "ci": Profile("ci", preset="ci", image_size=64, batch_size=8, train_steps=40, val_every=20,
-                  notebook_train_steps=40, num_images=4, grid_points=6),
+                  notebook_train_steps=40, num_images=4, grid_points=6, notebook_preset="ci"),
+    # notebooks: at most 10 minutes each on one CPU thread (measured: results/notebook-times.json)
     "cpu": Profile("cpu", preset="cpu", image_size=128, batch_size=16, train_steps=3000,
-                   val_every=500, notebook_train_steps=1500, num_images=16, grid_points=12),
+                   val_every=500, notebook_train_steps=80, num_images=16, grid_points=12,
+                   notebook_preset="ci"),
     "full": Profile("full", preset="paper", image_size=256, batch_size=16, train_steps=48000,
-                    val_every=4000, notebook_train_steps=48000, num_images=64, grid_points=19),
+                    val_every=4000, notebook_train_steps=48000, num_images=64, grid_points=19,
+                    notebook_preset="paper"),
     # Sized by estimate, not measured on a T4 (see COLAB_SIZING): the paper's model at batch 2
     # (memory), 2,000 steps (time). Notebook 06 measures the real rate before it trains.
     "colab": Profile("colab", preset="paper", image_size=256, batch_size=2, train_steps=2000,
-                     val_every=500, notebook_train_steps=2000, num_images=32, grid_points=19),
+                     val_every=500, notebook_train_steps=2000, num_images=32, grid_points=19,
+                     notebook_preset="paper"),
 }
 
 #: How the ``colab`` row was sized: an estimate from counted FLOPs and bytes, not a measurement.

@@ -64,6 +64,7 @@ from dap.profiles import get_profile, profile
 PROFILE = get_profile()                       # DAP_PROFILE = ci | cpu | full | colab
 DATA = "mvtec:bottle" if PROFILE == "full" else "builtin:brick"
 STEPS = profile(PROFILE).notebook_train_steps  # the profile table: dap/profiles.py
+PRESET = profile(PROFILE).notebook_preset      # the model size trained here (cpu: the 64 px ci)
 PROBE_STEPS = min(10, STEPS)                  # timed first, to predict the whole run
 TRAINS_ITS_MODEL = PROFILE in ("full", "colab")  # else a shipped model is evaluated
 ZOO_MODEL = "diffusionad-builtin-brick"       # the shipped model evaluated under ci / cpu
@@ -91,7 +92,7 @@ from dap.models.common import count_parameters
 # (28.4 M). The small presets keep the architecture and shrink the widths.
 
 # %%
-preset = profile(PROFILE).preset
+preset = PRESET
 method = build_method("diffusionad", preset)
 print(f"preset {preset}: image {method.config.denoiser.image_size} px, "
       f"denoiser {count_parameters(method.denoiser) / 1e6:.2f} M, "
@@ -130,7 +131,8 @@ print("no normal sample -> L_noise =",
 # `train_run` loads the category, builds the validation set (validation-split normal images +
 # synthetic anomalies, made once with a fixed seed), trains with the shared loop of `dap.engine.train`
 # (seeded, resumable, mixed precision on GPUs) and keeps the checkpoint with the best validation
-# score. Under `ci` this is a few dozen steps: enough to see the loss fall, not to detect anything.
+# score. Under `ci` / `cpu` this is a few dozen steps of the 64 px model: enough to see the loss
+# fall, not to detect anything.
 #
 # Before the long run, a probe: the first `PROBE_STEPS` steps are trained and timed, and the
 # expected time of the whole run is printed; then training *resumes* from the probe's
@@ -145,7 +147,7 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[runtime.autocast_dtype(device)]
 train_settings = {"steps": STEPS, "val_every": max(STEPS // 2, 1), "amp": amp}
 run_dir = f"runs/nb06-{PROFILE}"
-_, probe, _ = train_run("diffusionad", DATA, profile=PROFILE, out_dir=run_dir,
+_, probe, _ = train_run("diffusionad", DATA, profile=PROFILE, preset=PRESET, out_dir=run_dir,
                         train_overrides=train_settings, resume=False, stop_after=PROBE_STEPS,
                         progress=False)
 per_step = probe.seconds / PROBE_STEPS
@@ -155,7 +157,8 @@ print(f"amp = {amp} on {device}; probe: {PROBE_STEPS} steps in {probe.seconds:.1
 
 # %%
 trained, result, provenance = train_run(
-    "diffusionad", DATA, profile=PROFILE, out_dir=run_dir, train_overrides=train_settings,
+    "diffusionad", DATA, profile=PROFILE, preset=PRESET, out_dir=run_dir,
+    train_overrides=train_settings,
     resume=True)
 loss = np.array([h["loss"] for h in result.history])
 window = max(1, len(loss) // 10)
@@ -173,9 +176,9 @@ print("validation:", result.validations[-1])
 # %% [markdown]
 # ## 4. Evaluation
 #
-# Under `full` and `colab` we evaluate the model just trained; under `ci` / `cpu` a shipped model, trained on
-# the built-in benchmark by the command in its provenance file. The method never sees a mask; the
-# metrics never know which method made the map.
+# Under `full` and `colab` we evaluate the model just trained; under `ci` / `cpu` a shipped
+# model, trained on the built-in benchmark by the command in its provenance file. The method
+# never sees a mask; the metrics never know which method made the map.
 
 # %%
 if TRAINS_ITS_MODEL:

@@ -70,13 +70,14 @@ from dap.profiles import get_profile, profile
 
 PROFILE = get_profile()                         # DAP_PROFILE = ci | cpu | full | colab
 DATA = "mvtec:bottle" if PROFILE == "full" else "builtin:brick"
-AE_STEPS = {"ci": 200, "cpu": 2000, "full": 20000}[PROFILE]      # autoencoder phase
-COPY_STEPS = {"ci": 150, "cpu": 2000, "full": 20000}[PROFILE]    # denoiser steps per variant
-SEG_STEPS = {"ci": 20, "cpu": 1000, "full": 2000}[PROFILE]       # segmenter phase per arm
-SEEDS = (0, 1, 2)                                                 # ablation seeds
-BATCH = {"ci": 8, "cpu": 16, "full": 16}[PROFILE]
+PRESET = profile(PROFILE).notebook_preset                         # cpu: the 64 px ci preset
+AE_STEPS = {"ci": 120, "cpu": 200, "full": 20000, "colab": 2000}[PROFILE]  # autoencoder phase
+COPY_STEPS = {"ci": 80, "cpu": 150, "full": 20000, "colab": 1000}[PROFILE]  # per variant
+SEG_STEPS = {"ci": 10, "cpu": 20, "full": 2000, "colab": 300}[PROFILE]     # per ablation arm
+SEEDS = (0, 1) if PROFILE == "ci" else (0, 1, 2)                  # ablation seeds
+BATCH = {"ci": 8, "cpu": 8, "full": 16, "colab": 8}[PROFILE]
 LR = 5e-4
-N_IMAGES = {"ci": 12, "cpu": 40, "full": 64}[PROFILE]   # defective test images for the copy PSNR
+N_IMAGES = {"ci": 12, "cpu": 24, "full": 64, "colab": 32}[PROFILE]  # defects for the copy PSNR
 print(PROFILE, "| DiffAD on", DATA)
 
 # %%
@@ -113,7 +114,7 @@ torch.manual_seed(0)
 # presets down-sample 4 times (64 px -> 16 x 16 x 4).
 
 # %%
-preset = profile(PROFILE).preset
+preset = PRESET
 method = build_method("diffad", preset, ae_steps=AE_STEPS)
 cfg = method.config
 print(f"image {cfg.autoencoder.image_size} px -> latent {cfg.autoencoder.latent_size} x "
@@ -335,7 +336,7 @@ show_images([*err, test.masks[i, 0]], ["|x - x_r|", "|x - x_inter|", "ground tru
 # seed is a paired comparison; both arms are scored on the same test reconstructions (normal
 # and defective test images, so the image AUROC is defined).
 #
-# Under `ci` each segmenter trains for a few dozen steps: enough to run the ablation, and to see
+# Under `ci` / `cpu` each segmenter trains for 10-20 steps: enough to run the ablation, and to see
 # how much the seeds alone move the metrics, not to settle the question.
 
 # %%

@@ -11,7 +11,7 @@ def test_table_covers_every_profile_and_presets_line_up():
     assert set(TABLE) == set(PROFILES)
     assert set(DENOISER_PRESETS) == set(SEGMENTER_PRESETS) == set(PRESETS)
     for name, prof in TABLE.items():
-        assert prof.name == name and prof.preset in PRESETS
+        assert prof.name == name and prof.preset in PRESETS and prof.notebook_preset in PRESETS
         # each preset's image size is the profile's (ci 64, cpu 128, full 256)
         assert denoiser_config(prof.preset).image_size == prof.image_size
         assert prof.train_defaults() == {"steps": prof.train_steps,

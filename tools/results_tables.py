@@ -21,6 +21,55 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md"]
 
 
+# --- notebook times: results/notebook-times.json (tools/time_notebooks.py) -------------------
+# Not a metrics table, so it has its own renderer; every other block stays published_table.
+def notebook_times_table(results_dir: str | Path | None = None) -> str:
+    """Seconds per notebook under each profile, with each profile's ``made_by`` line."""
+    import json
+
+    path = Path(results_dir or ROOT / "results") / "notebook-times.json"
+    if not path.exists():
+        return ("_No results file `results/notebook-times.json` yet: run "
+                "`python tools/time_notebooks.py --profile ci`._\n")
+    profiles = json.loads(path.read_text())["profiles"]
+    names = sorted({r["notebook"] for sec in profiles.values() for r in sec["rows"]})
+    cell = {(p, r["notebook"]): r for p, sec in profiles.items() for r in sec["rows"]}
+
+    def show(row: dict | None) -> str:
+        if row is None:
+            return "—"
+        time = f"{row['seconds'] / 60:.1f} min" if row["seconds"] >= 60 else f"{row['seconds']:.0f} s"
+        return time if row["status"] == "ok" else f"{time} ({row['status']})"
+
+    lines = ["| notebook | " + " | ".join(f"`{p}`" for p in profiles) + " |",
+             "|---|" + "---|" * len(profiles)]
+    lines += [f"| {n} | " + " | ".join(show(cell.get((p, n))) for p in profiles) + " |"
+              for n in names]
+    for p, sec in profiles.items():
+        m = sec.get("made_by", {})
+        lines.append(f"\n_`{p}`: `{m.get('command', '?')}` (dap {m.get('dap_version', '?')}, "
+                     f"commit {str(m.get('git_commit', '?'))[:10]}, {m.get('device', '?')}, "
+                     f"{str(m.get('utc', '?'))[:10]}); wall clock per notebook, one at a "
+                     "time, one thread._")
+    return "\n".join(lines) + "\n"
+
+
+def _table(name: str, results_dir: str | Path | None = None) -> str:
+    from dap.report import published_table
+
+    return notebook_times_table(results_dir) if name == "notebook-times" else \
+        published_table(name, results_dir)
+
+
+_render_published = render_results
+
+
+def render_results(text: str, results_dir: str | Path | None = None) -> str:  # noqa: F811
+    """dap.report.render_results, with the notebook-times block rendered by its own table."""
+    return _render_published(text, results_dir, table=_table)
+# --- end of notebook times --------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
