@@ -70,6 +70,8 @@ TRAINS_ITS_MODEL = PROFILE in ("full", "colab")  # else a shipped model is evalu
 ZOO_MODEL = "diffusionad-builtin-brick"       # the shipped model evaluated under ci / cpu
 
 # %%
+import shutil
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -140,13 +142,16 @@ print("no normal sample -> L_noise =",
 # run). The probe includes one-off start-up costs, so the estimate errs long. Mixed precision
 # is chosen by `dap.runtime.autocast_dtype`: bfloat16 where the GPU computes it natively
 # (capability >= 8.0, e.g. an A100), float16 with a gradient scaler on older cards such as
-# Colab's T4, float32 on a CPU without native bfloat16.
+# Colab's T4. On a CPU the training loop's default applies.
 
 # %%
 device = "cuda" if torch.cuda.is_available() else "cpu"
-amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[runtime.autocast_dtype(device)]
+amp = "auto"                                  # CPU: the training loop's own default
+if device == "cuda":                          # GPU: bf16 only where native, else fp16 + scaler
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}[runtime.autocast_dtype(device)]
 train_settings = {"steps": STEPS, "val_every": max(STEPS // 2, 1), "amp": amp}
 run_dir = f"runs/nb06-{PROFILE}"
+shutil.rmtree(run_dir, ignore_errors=True)   # a fresh run: no checkpoint of an earlier one
 _, probe, _ = train_run("diffusionad", DATA, profile=PROFILE, preset=PRESET, out_dir=run_dir,
                         train_overrides=train_settings, resume=False, stop_after=PROBE_STEPS,
                         progress=False)
