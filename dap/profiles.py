@@ -73,7 +73,7 @@ TABLE: dict[str, Profile] = {
                   notebook_train_steps=40, num_images=4, grid_points=6, notebook_preset="ci"),
     # notebooks: at most 10 minutes each on one CPU thread (measured: results/notebook-times.json)
     "cpu": Profile("cpu", preset="cpu", image_size=128, batch_size=16, train_steps=3000,
-                   val_every=500, notebook_train_steps=80, num_images=16, grid_points=12,
+                   val_every=500, notebook_train_steps=60, num_images=16, grid_points=12,
                    notebook_preset="ci"),
     "full": Profile("full", preset="paper", image_size=256, batch_size=16, train_steps=48000,
                     val_every=4000, notebook_train_steps=48000, num_images=64, grid_points=19,

@@ -70,7 +70,7 @@ ZOO_MODEL = "diffusionad-builtin-brick"     # a trained denoiser to study condit
 CATEGORY = "brick"                          # its built-in test images
 DATA = "mvtec:bottle" if PROFILE == "full" else f"builtin:{CATEGORY}"   # DDAD trained here
 PRESET = profile(PROFILE).notebook_preset   # the model size trained here (cpu: the 64 px ci)
-STEPS = {"ci": 40, "cpu": 80, "full": 48000, "colab": 2000}[PROFILE]   # denoiser training steps
+STEPS = {"ci": 40, "cpu": 50, "full": 48000, "colab": 2000}[PROFILE]   # denoiser training steps
 LR = {"ci": 1e-3, "cpu": 1e-3, "full": 3e-4, "colab": 3e-4}[PROFILE]   # paper: Adam 3e-4
 DA_STEPS = {"ci": 6, "cpu": 10, "full": 40, "colab": 40}[PROFILE]      # domain-adaptation steps
 WS = {"ci": [0.0, 1.0, 2.0, 4.0],

@@ -71,13 +71,13 @@ from dap.profiles import get_profile, profile
 PROFILE = get_profile()                         # DAP_PROFILE = ci | cpu | full | colab
 DATA = "mvtec:bottle" if PROFILE == "full" else "builtin:brick"
 PRESET = profile(PROFILE).notebook_preset                         # cpu: the 64 px ci preset
-AE_STEPS = {"ci": 120, "cpu": 200, "full": 20000, "colab": 2000}[PROFILE]  # autoencoder phase
-COPY_STEPS = {"ci": 80, "cpu": 150, "full": 20000, "colab": 1000}[PROFILE]  # per variant
-SEG_STEPS = {"ci": 10, "cpu": 20, "full": 2000, "colab": 300}[PROFILE]     # per ablation arm
+AE_STEPS = {"ci": 120, "cpu": 160, "full": 20000, "colab": 2000}[PROFILE]  # autoencoder phase
+COPY_STEPS = {"ci": 80, "cpu": 120, "full": 20000, "colab": 1000}[PROFILE]  # per variant
+SEG_STEPS = {"ci": 10, "cpu": 15, "full": 2000, "colab": 300}[PROFILE]     # per ablation arm
 SEEDS = (0, 1) if PROFILE == "ci" else (0, 1, 2)                  # ablation seeds
 BATCH = {"ci": 8, "cpu": 8, "full": 16, "colab": 8}[PROFILE]
 LR = 5e-4
-N_IMAGES = {"ci": 12, "cpu": 24, "full": 64, "colab": 32}[PROFILE]  # defects for the copy PSNR
+N_IMAGES = {"ci": 12, "cpu": 16, "full": 64, "colab": 32}[PROFILE]  # defects for the copy PSNR
 print(PROFILE, "| DiffAD on", DATA)
 
 # %%
@@ -336,7 +336,7 @@ show_images([*err, test.masks[i, 0]], ["|x - x_r|", "|x - x_inter|", "ground tru
 # seed is a paired comparison; both arms are scored on the same test reconstructions (normal
 # and defective test images, so the image AUROC is defined).
 #
-# Under `ci` / `cpu` each segmenter trains for 10-20 steps: enough to run the ablation, and to see
+# Under `ci` / `cpu` each segmenter trains for 10-15 steps: enough to run the ablation, and to see
 # how much the seeds alone move the metrics, not to settle the question.
 
 # %%

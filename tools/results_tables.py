@@ -39,6 +39,8 @@ def notebook_times_table(results_dir: str | Path | None = None) -> str:
         if row is None:
             return "—"
         time = f"{row['seconds'] / 60:.1f} min" if row["seconds"] >= 60 else f"{row['seconds']:.0f} s"
+        if row.get("load_average") is not None:
+            time += f" (load {row['load_average']:g})"
         return time if row["status"] == "ok" else f"{time} ({row['status']})"
 
     lines = ["| notebook | " + " | ".join(f"`{p}`" for p in profiles) + " |",
@@ -50,7 +52,8 @@ def notebook_times_table(results_dir: str | Path | None = None) -> str:
         lines.append(f"\n_`{p}`: `{m.get('command', '?')}` (dap {m.get('dap_version', '?')}, "
                      f"commit {str(m.get('git_commit', '?'))[:10]}, {m.get('device', '?')}, "
                      f"{str(m.get('utc', '?'))[:10]}); wall clock per notebook, one at a "
-                     "time, one thread._")
+                     "time, one thread; load = the machine's 5-minute load average when the "
+                     "notebook ended (other jobs share the machine)._")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,8 @@
 Each notebook runs top to bottom in a fresh ``python3`` kernel (nbclient, as nbmake does), with
 ``DAP_PROFILE`` set, one CPU thread (``OMP_NUM_THREADS=1``, the passive OpenMP wait policy),
 ``MPLBACKEND=Agg`` and quiet progress bars. The time is the wall clock from the kernel's start
-to the last cell's end. The slowest cells are printed, so a notebook that runs too long shows
+to the last cell's end; each row also keeps the machine's load average when it ended (on a
+shared machine other jobs stretch the wall clock). The slowest cells are printed, so a notebook that runs too long shows
 where.
 
 The results go into ``results/notebook-times.json`` (atomically), one section per profile with
@@ -100,6 +101,8 @@ def run_notebook(path: Path, profile: str, timeout: int, executed: Path | None =
                 first = next((ln for ln in cell.source.splitlines() if ln.strip()), "")
                 cells.append((s, i, first[:60]))
     return {"notebook": path.stem, "seconds": round(seconds, 1), "status": status,
+            # the machine's 5-minute load average when it ended: other jobs slow a run down
+            "load_average": round(os.getloadavg()[1], 1) if hasattr(os, "getloadavg") else None,
             "slowest_cells": [{"cell": i, "seconds": round(s, 1), "starts": text}
                               for s, i, text in sorted(cells, reverse=True)[:5]]}
 
