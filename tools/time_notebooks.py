@@ -107,6 +107,19 @@ def run_notebook(path: Path, profile: str, timeout: int, executed: Path | None =
                               for s, i, text in sorted(cells, reverse=True)[:5]]}
 
 
+def _dirty() -> bool | None:
+    """Whether notebooks/ or dap/ differ from the commit (then the commit alone does not say
+    what ran); None outside a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "notebooks", "dap"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.strip())
+
+
 def merge(old: dict, profile: str, rows: list[dict], made_by: dict) -> dict:
     """``old`` (the file's content, or {}) with ``rows`` replacing this profile's rows of the
     same notebooks; the profile's ``made_by`` becomes the new one."""
@@ -141,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    made_by = {**provenance(), "threads": 1}
+    made_by = {**provenance(), "threads": 1, "uncommitted_changes": _dirty()}
     rows = []
     for path in notebook_paths(args.notebooks):
         print(f"{path.stem} under {args.profile} ...", flush=True)
         row = run_notebook(path, args.profile, args.timeout, args.executed)
+        row["git_commit"] = made_by["git_commit"]  # rows of earlier runs keep their own
         rows.append(row)
         budget = BUDGET.get(args.profile)
         note = f" (budget {budget} s)" if budget else ""
