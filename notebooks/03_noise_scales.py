@@ -241,8 +241,8 @@ for thr in (0.25, 0.5, 0.75):  # how much the repair steps depend on the thresho
         for name, g in groups.items()))
 
 # %% [markdown]
-# **Interpretation** (written from a `ci`-profile run: the same 30 defects as every profile,
-# t = 50 ... 600; `cpu` only makes the grid finer).
+# **Interpretation** (written from a `ci` and a `cpu`-profile run: the same 30 defects in
+# every profile; `cpu` only makes the grid of t finer).
 #
 # - **The direction of Observation II holds for the defect itself.** At t_s = 200 the small
 #   defects' excess is gone (remaining about 0 %), while about a fifth of each large defect is
@@ -251,10 +251,11 @@ for thr in (0.25, 0.5, 0.75):  # how much the repair steps depend on the thresho
 # - **Counting the price changes the answer for large defects.** The residual adds the ordinary
 #   reconstruction error, and that error grows steeply with t (the fidelity error roughly
 #   triples from 200 to 400). Small defects are repaired (median residual <= 50 %) from the
-#   smallest t of the grid; large ones never get there on this grid: their residual is about
-#   50 % at t_s and *higher* at t_b, because what the extra noise removes of the defect it
-#   loses in texture. The error inside the mask is lowest around t = 200 for both groups. So
-#   the rule says *partly*: the ordering is the paper's, the steps are not.
+#   smallest t of the grid. Large ones only just get there, at t = 150 on the `cpu` grid
+#   (never on the coarser `ci` grid, which has no t between 100 and 200): their residual is
+#   about 50 % at t_s and *higher* at t_b, because what the extra noise removes of the defect
+#   it loses in texture. The error inside the mask is lowest around t = 200 for both groups.
+#   So the rule says *partly*: the ordering is the paper's, the steps are not.
 # - **Why the definition matters.** With the remaining fraction alone (the excess), a
 #   reconstruction from t = 600 looks like the best repair of all, although it has lost most of
 #   the texture; the residual does not reward that. Negative remaining values (small defects at
