@@ -174,8 +174,8 @@ ax.plot(np.arange(window - 1, len(loss)), smooth, label=f"running mean ({window}
 ax.set_xlabel("step")
 ax.set_ylabel("training loss")
 ax.legend()
-print(f"{probe.seconds + result.seconds:.0f} s; first {window} steps {loss[:window].mean():.3f} -> last "
-      f"{window} steps {loss[-window:].mean():.3f}")
+print(f"{probe.seconds + result.seconds:.0f} s; first {window} steps {loss[:window].mean():.3f}"
+      f" -> last {window} steps {loss[-window:].mean():.3f}")
 print("validation:", result.validations[-1])
 
 # %% [markdown]

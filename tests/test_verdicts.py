@@ -75,8 +75,8 @@ def test_observation_two_three_outcomes():
 
 def test_norm_guidance_verdict_counts_wins_and_the_standard_error():
     ws = [0.0, 0.5, 1.0]
-    metrics = {"image_auroc": np.array([0.80, 0.85, 0.90]), "pixel_auroc": np.array([0.9, 0.9, 0.95]),
-               "pixel_ap": np.array([0.5, 0.5, 0.4])}
+    metrics = {"image_auroc": np.array([0.80, 0.85, 0.90]),
+               "pixel_auroc": np.array([0.9, 0.9, 0.95]), "pixel_ap": np.array([0.5, 0.5, 0.4])}
     v = norm_guidance_verdict(ws, metrics, n_defective=30, n_normal=30)
     assert v.facts["gains"]["image_auroc"] == pytest.approx(0.10)
     assert v.verdict.startswith("partly agrees")                      # two wins of three

@@ -38,7 +38,8 @@ def notebook_times_table(results_dir: str | Path | None = None) -> str:
     def show(row: dict | None) -> str:
         if row is None:
             return "—"
-        time = f"{row['seconds'] / 60:.1f} min" if row["seconds"] >= 60 else f"{row['seconds']:.0f} s"
+        s = row["seconds"]
+        time = f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
         if row.get("load_average") is not None:
             time += f" (load {row['load_average']:g})"
         return time if row["status"] == "ok" else f"{time} ({row['status']})"

@@ -86,9 +86,9 @@ def remaining_fraction(inside: np.ndarray, outside: np.ndarray, input_inside: np
     1 means the defect was copied unchanged, 0 that the defect region is reconstructed as well
     as its surroundings (the excess error is gone), negative that it is reconstructed better
     than them. A uniformly bad reconstruction also scores 0: read it with the fidelity error,
-    or use :func:`residual_fraction`, which counts that error too. ``input_inside`` is the defective input's
-    own inside error (:func:`repair_errors` of the input). Shapes broadcast, e.g. ``(T, N)`` and
-    ``(N,)``.
+    or use :func:`residual_fraction`, which counts that error too. ``input_inside`` is the
+    defective input's own inside error (:func:`repair_errors` of the input). Shapes broadcast,
+    e.g. ``(T, N)`` and ``(N,)``.
     """
     return (np.asarray(inside) - np.asarray(outside)) / np.asarray(input_inside)
 

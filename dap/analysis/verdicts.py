@@ -6,7 +6,8 @@ rule looked at, and the lines a notebook prints. Keeping the rules here (instead
 notebook cells) means they are read once, tested on small made-up numbers
 (``tests/test_verdicts.py``), and the same on every run.
 
-* :func:`observation_one` -- DiffusionAD Sec. III-B, Fig. 4 (``notebooks/02_one_step_vs_iterative``);
+* :func:`observation_one` -- DiffusionAD Sec. III-B, Fig. 4
+  (``notebooks/02_one_step_vs_iterative``);
 * :func:`observation_two` -- Sec. III-C (``notebooks/03_noise_scales``);
 * :func:`norm_guidance_verdict` -- eqs. 7-8, the w ablation (``notebooks/04_norm_guidance``).
 """
