@@ -63,6 +63,9 @@ def show_images(
     return fig
 
 
+MARKER_POINTS = 50  # plot_curves marks the points of curves with at most this many
+
+
 def plot_curves(
     x: Sequence[float] | np.ndarray,
     ys: dict[str, Sequence[float] | np.ndarray],
@@ -73,13 +76,16 @@ def plot_curves(
     logy: bool = False,
     spread: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Figure:
-    """Line plot of several named curves over a shared x; ``spread`` adds shaded bands."""
+    """Line plot of several named curves over a shared x; ``spread`` adds shaded bands.
+
+    Points are marked only on short curves (at most :data:`MARKER_POINTS` x values, e.g. a
+    sweep over t): on a 1,000-point schedule markers would merge into a thick line."""
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
     else:
         fig = ax.figure
     for name, y in ys.items():
-        (line,) = ax.plot(x, y, marker="o", ms=3, label=name)
+        (line,) = ax.plot(x, y, marker="o" if len(x) <= MARKER_POINTS else None, ms=3, label=name)
         if spread and name in spread:
             lo, hi = spread[name]
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)

@@ -31,6 +31,12 @@
 import os
 import sys
 
+# How big everything is comes from one switch, the profile (dap/profiles.py): ci = seconds,
+# cpu = minutes on a laptop, colab = a free Colab GPU (about an hour), full = the paper's
+# sizes on a GPU (hours). Default: colab on a Colab GPU, full on another GPU, else cpu.
+# To choose, uncomment the next line (or start Jupyter with DAP_PROFILE=cpu in its environment).
+# os.environ["DAP_PROFILE"] = "cpu"
+
 if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
     import importlib
     import subprocess
@@ -50,7 +56,7 @@ print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 # %% tags=["parameters"]
 from dap.profiles import get_profile, profile
 
-PROFILE = get_profile()          # DAP_PROFILE = ci | cpu | full
+PROFILE = get_profile()          # DAP_PROFILE = ci | cpu | full | colab
 SETTINGS = profile(PROFILE)
 print(PROFILE, SETTINGS)
 
@@ -173,6 +179,8 @@ def show_step(step: int = 200, schedule: str = "linear"):
     axes[0].axis("off")
     axes[1].hist(xt.flatten().numpy(), bins=60, density=True)
     axes[1].plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), "k--")
+    axes[1].set_xlabel("pixel value of x_t")
+    axes[1].set_ylabel("density")
     plt.show()
 
 

@@ -33,6 +33,12 @@
 import os
 import sys
 
+# How big everything is comes from one switch, the profile (dap/profiles.py): ci = seconds,
+# cpu = minutes on a laptop, colab = a free Colab GPU (about an hour), full = the paper's
+# sizes on a GPU (hours). Default: colab on a Colab GPU, full on another GPU, else cpu.
+# To choose, uncomment the next line (or start Jupyter with DAP_PROFILE=cpu in its environment).
+# os.environ["DAP_PROFILE"] = "cpu"
+
 if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
     import importlib
     import subprocess
@@ -52,12 +58,13 @@ print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 # %% tags=["parameters"]
 from dap.profiles import get_profile
 
-PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full
+PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full | colab
 MODEL = "diffusionad-builtin-brick"         # a shipped DiffusionAD model (dap.zoo)
 CATEGORY = "brick"                          # the built-in test images it was trained for
 WS = {"ci": [0.0, 0.5, 1.0, 2.0],
       "cpu": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0],
-      "full": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0]}[PROFILE]
+      "full": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0],
+      "colab": [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0]}[PROFILE]
 IDENTITY_IMAGES = 8                         # test images for the identity check
 SEED = 0
 print(PROFILE, "| w:", WS)
@@ -69,8 +76,9 @@ import numpy as np
 import torch
 
 from dap import zoo
-from dap.analysis import (auroc_standard_error, check_guidance_identity, load_test_tensors,
-                          median_iqr, sweep_guidance_weight)
+from dap.analysis import (check_guidance_identity, load_test_tensors, median_iqr,
+                          sweep_guidance_weight)
+from dap.analysis.verdicts import norm_guidance_verdict
 from dap.diffusion import norm_guided
 from dap.viz import plot_curves, show_images
 
@@ -223,34 +231,20 @@ widgets.interact(guide_one, image=widgets.IntSlider(int(bad_ids[-1]), 0, len(tes
 # norm-guided 98.8 / 98.9 / 96.0 / 45.8. Since w = 0 *is* one-step reconstruction from t_s (the
 # identity), our w = 0 vs w = 1 is the same comparison. Verdict rule: *agrees* when w = 1 beats
 # w = 0 on all three of image AUROC, pixel AUROC and pixel AP, *partly* on one or two, *does not
-# agree* on none; we also report whether guidance trades fidelity for repair as designed, and
-# the standard error of an image AUROC on a test set this small (the paper's gains, +0.3 to
-# +1.6 points, are far below it).
+# agree* on none (`dap.analysis.verdicts.norm_guidance_verdict`); we also report whether
+# guidance trades fidelity for repair as designed, and the standard error of an image AUROC on
+# a test set this small (the paper's gains, +0.3 to +1.6 points, are far below it).
 
 # %%
 i0, i1 = list(sweep.ws).index(0.0), list(sweep.ws).index(1.0)
 print(f"identity: max |x0_g - blend| = {check.max_abs_error.max():.1e} over {IDENTITY_IMAGES} "
       f"images and {len(WS)} values of w")
-names = ("image_auroc", "pixel_auroc", "pixel_ap")
-gains = {k: sweep.metrics[k][i1] - sweep.metrics[k][i0] for k in names}
-for k in names:
-    best = int(np.argmax(sweep.metrics[k]))
-    print(f"{k:>12}: w=0 {sweep.metrics[k][i0]:.3f}  w=1 {sweep.metrics[k][i1]:.3f} "
-          f"(gain {gains[k]:+.3f}); best on the grid w = {sweep.ws[best]:g} "
-          f"({sweep.metrics[k][best]:.3f})")
 rem, out = median_iqr(sweep.remaining[:, defective]).median, median_iqr(sweep.outside).median
 print(f"remaining fraction of the defects: w=0 {rem[i0]:.0%} -> w=1 {rem[i1]:.0%} -> "
       f"w={sweep.ws[-1]:g} {rem[-1]:.0%}; fidelity error {out[i0]:.3f} -> {out[i1]:.3f} -> "
       f"{out[-1]:.3f}")
 n_bad = int(defective.sum())
-se = auroc_standard_error(sweep.metrics["image_auroc"][i1], n_bad, len(test) - n_bad)
-print(f"image AUROC standard error on {len(test)} images (Hanley-McNeil): {se:.3f}; the "
-      f"w=0 vs w=1 difference is {abs(gains['image_auroc']) / se:.1f} standard errors")
-wins = sum(g > 0 for g in gains.values())
-verdict = "agrees" if wins == 3 else "partly agrees" if wins else "does not agree"
-if abs(gains["image_auroc"]) < se:
-    verdict += " (the image AUROC difference is below one standard error: not measurable here)"
-print("norm guidance (w = 1 vs w = 0):", verdict, "on this run")
+print(norm_guidance_verdict(sweep.ws, sweep.metrics, n_bad, len(test) - n_bad))
 
 # %% [markdown]
 # **Interpretation** (written from a `cpu`-profile run, 60 test images, w = 0 ... 3).

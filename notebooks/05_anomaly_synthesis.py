@@ -36,6 +36,12 @@
 import os
 import sys
 
+# How big everything is comes from one switch, the profile (dap/profiles.py): ci = seconds,
+# cpu = minutes on a laptop, colab = a free Colab GPU (about an hour), full = the paper's
+# sizes on a GPU (hours). Default: colab on a Colab GPU, full on another GPU, else cpu.
+# To choose, uncomment the next line (or start Jupyter with DAP_PROFILE=cpu in its environment).
+# os.environ["DAP_PROFILE"] = "cpu"
+
 if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
     import importlib
     import subprocess
@@ -55,7 +61,7 @@ print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 # %% tags=["parameters"]
 from dap.profiles import get_profile, profile
 
-PROFILE = get_profile()          # DAP_PROFILE = ci | cpu | full
+PROFILE = get_profile()          # DAP_PROFILE = ci | cpu | full | colab
 S = profile(PROFILE)
 SEED = 0
 print(PROFILE, S)
@@ -139,6 +145,10 @@ show_images(noise, [f"{int(r)}x{int(c)} cells" for r, c in scales], ncols=8,
 # **foreground** so that defects land on the coin, not on the background. `dap.data` computes
 # foregrounds with Otsu's threshold plus a little morphology; the coins are the *bright* class
 # (its `"auto"` mode guesses the object from the picture's border, which coins touch here).
+# The photograph is lit unevenly: its top band of background is brighter than the darkest
+# coins. So before thresholding, `foreground_mask` fits a smooth (quadratic) illumination
+# surface to the background and subtracts it; one global threshold would otherwise mark that
+# band as "coin" and miss the dim coins.
 
 # %%
 fg = torch.from_numpy(foreground_mask(coins_uint8, "bright")).float()[None, None]
@@ -333,8 +343,11 @@ widgets.interact(redraw, seed=widgets.IntSlider(0, 0, 100), threshold=(0.1, 0.9,
 # - `AnomalySynthesizer` does it batched in torch, on any device, reproducibly from one
 #   `torch.Generator`.
 #
-# Next: `06_train_and_evaluate` trains DiffusionAD on these synthetic anomalies; notebook 03
-# uses them to study which noise level repairs which size of defect.
+# Next: `06_train_and_evaluate` trains DiffusionAD on these synthetic anomalies, and also
+# validates on them (validation-split images with synthetic defects, for model selection). The
+# *test* defects are different on purpose: the built-in benchmark draws them with other
+# generators (scratch, crack, hole, stain, foreign patch, smear; notebook 03 studies those), so
+# a detector is tested on defects unlike the ones it learnt from.
 #
 # ## Exercises
 #

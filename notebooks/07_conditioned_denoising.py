@@ -40,6 +40,12 @@
 import os
 import sys
 
+# How big everything is comes from one switch, the profile (dap/profiles.py): ci = seconds,
+# cpu = minutes on a laptop, colab = a free Colab GPU (about an hour), full = the paper's
+# sizes on a GPU (hours). Default: colab on a Colab GPU, full on another GPU, else cpu.
+# To choose, uncomment the next line (or start Jupyter with DAP_PROFILE=cpu in its environment).
+# os.environ["DAP_PROFILE"] = "cpu"
+
 if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
     import importlib
     import subprocess
@@ -57,19 +63,21 @@ runtime.set_wait_policy()  # before torch loads: idle CPU threads sleep (see dap
 print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 
 # %% tags=["parameters"]
-from dap.profiles import get_profile
+from dap.profiles import get_profile, profile
 
-PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full
+PROFILE = get_profile()                     # DAP_PROFILE = ci | cpu | full | colab
 ZOO_MODEL = "diffusionad-builtin-brick"     # a trained denoiser to study conditioning with
 CATEGORY = "brick"                          # its built-in test images
 DATA = "mvtec:bottle" if PROFILE == "full" else f"builtin:{CATEGORY}"   # DDAD trained here
-STEPS = {"ci": 100, "cpu": 3000, "full": 48000}[PROFILE]   # denoiser training steps
-LR = {"ci": 1e-3, "cpu": 5e-4, "full": 3e-4}[PROFILE]      # paper: Adam 3e-4
-DA_STEPS = {"ci": 6, "cpu": 40, "full": 40}[PROFILE]       # domain-adaptation steps
+PRESET = profile(PROFILE).notebook_preset   # the model size trained here (cpu: the 64 px ci)
+STEPS = {"ci": 40, "cpu": 50, "full": 48000, "colab": 2000}[PROFILE]   # denoiser training steps
+LR = {"ci": 1e-3, "cpu": 1e-3, "full": 3e-4, "colab": 3e-4}[PROFILE]   # paper: Adam 3e-4
+DA_STEPS = {"ci": 6, "cpu": 10, "full": 40, "colab": 40}[PROFILE]      # domain-adaptation steps
 WS = {"ci": [0.0, 1.0, 2.0, 4.0],
-      "cpu": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
-      "full": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]}[PROFILE]
-N_IMAGES = {"ci": 6, "cpu": 24, "full": 48}[PROFILE]       # defective test images in the w sweep
+      "cpu": [0.0, 1.0, 2.0, 3.0, 4.0, 6.0],
+      "full": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
+      "colab": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]}[PROFILE]
+N_IMAGES = {"ci": 6, "cpu": 12, "full": 48, "colab": 48}[PROFILE]   # defective images, w sweep
 SEED = 0
 print(PROFILE, "| DDAD on", DATA, f"| {STEPS} steps | w:", WS)
 
@@ -264,7 +272,7 @@ widgets.interact(condition_one, image=widgets.IntSlider(large, 0, len(test) - 1)
 
 # %%
 model, result, provenance = train_run(
-    "ddad", DATA, profile=PROFILE, out_dir=f"runs/nb07-{PROFILE}", resume=False,
+    "ddad", DATA, profile=PROFILE, preset=PRESET, out_dir=f"runs/nb07-{PROFILE}", resume=False,
     train_overrides={"steps": STEPS, "lr": LR, "val_every": STEPS})
 model.to(DEVICE)
 loss = np.array([h["loss"] for h in result.history])

@@ -41,11 +41,18 @@
 #
 # Profiles: under `ci` the notebook uses a shipped GLAD model when the zoo has one, else it
 # borrows the denoiser of the shipped DiffusionAD model (trained *without* ATP), so ATP is
-# derived and checked but not trained here. Under `cpu` / `full` it trains GLAD first.
+# derived and checked but not trained here. Under `cpu`, `colab` and `full` it trains GLAD first
+# (`cpu`: a few dozen steps of the 64 px model, minutes; `colab` / `full`: a GPU).
 
 # %%
 import os
 import sys
+
+# How big everything is comes from one switch, the profile (dap/profiles.py): ci = seconds,
+# cpu = minutes on a laptop, colab = a free Colab GPU (about an hour), full = the paper's
+# sizes on a GPU (hours). Default: colab on a Colab GPU, full on another GPU, else cpu.
+# To choose, uncomment the next line (or start Jupyter with DAP_PROFILE=cpu in its environment).
+# os.environ["DAP_PROFILE"] = "cpu"
 
 if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
     import importlib
@@ -66,12 +73,13 @@ print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 # %% tags=["parameters"]
 from dap.profiles import get_profile, profile
 
-PROFILE = get_profile()                            # DAP_PROFILE = ci | cpu | full
+PROFILE = get_profile()                            # DAP_PROFILE = ci | cpu | full | colab
 CATEGORY = "brick"                                 # a built-in category
 GLAD_MODEL = f"glad-builtin-{CATEGORY}"            # a shipped GLAD model, used if present
 DENOISER_FROM = f"diffusionad-builtin-{CATEGORY}"  # else (ci), and in section 7: its denoiser
 TRAIN = PROFILE != "ci"                            # train GLAD here (cpu: minutes, full: GPU)
 TRAIN_STEPS = profile(PROFILE).notebook_train_steps  # the profile table: dap/profiles.py
+PRESET = profile(PROFILE).notebook_preset          # the model size trained (cpu: the 64 px ci)
 SEED = 0
 print(PROFILE, "| train here:", TRAIN)
 
@@ -217,7 +225,7 @@ plot_curves(ts, {"alpha = t / T (ATP)": coef * ts / schedule.num_train_timesteps
 # training loop (`dap.engine.train`, notebook 06) is the same as for DiffusionAD.
 
 # %%
-method = build_method("glad", profile(PROFILE).preset).to(DEVICE)
+method = build_method("glad", PRESET).to(DEVICE)
 losses = method(TrainBatch(normal.to(DEVICE)), torch.Generator(DEVICE).manual_seed(SEED))
 print({k: round(v.item(), 4) for k, v in losses.items()})
 
@@ -247,7 +255,7 @@ BORROWED = False
 if GLAD_MODEL in zoo.available():
     method, source = zoo.load(GLAD_MODEL, device=DEVICE), f"shipped model {GLAD_MODEL}"
 elif TRAIN:
-    method, _, prov = train_run("glad", f"builtin:{CATEGORY}", profile=PROFILE,
+    method, _, prov = train_run("glad", f"builtin:{CATEGORY}", profile=PROFILE, preset=PRESET,
                                 out_dir=f"runs/nb08-{PROFILE}",
                                 train_overrides={"steps": TRAIN_STEPS})
     source = f"trained here, {TRAIN_STEPS} steps, selected on {prov['selected']}"

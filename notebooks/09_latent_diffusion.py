@@ -23,8 +23,9 @@
 # **What you will learn**
 # - a KL autoencoder: what the latent space of a texture looks like, and what it costs
 #   (its reconstruction error bounds every later reconstruction);
-# - why a clean condition invites direct copying — measured with DiffAD's copy PSNR on real test
-#   defects, beside the PSNR against the clean image under the defect — and why the copy PSNR
+# - why conditioning a denoiser on its own target invites direct copying — measured with
+#   DiffAD's copy PSNR on real test defects, beside the PSNR against the clean (pre-defect)
+#   image under the defect — and why the copy PSNR
 #   has two readings, 10 log10(1 / mask fraction) dB apart, only one of them on the paper's scale;
 # - the noisy condition embedding c_noisy = sqrt(abar_t) c + sqrt(1 - abar_t) eps, what the
 #   official code does differently from the printed equation, and its commented-out alternative
@@ -41,6 +42,12 @@
 # %%
 import os
 import sys
+
+# How big everything is comes from one switch, the profile (dap/profiles.py): ci = seconds,
+# cpu = minutes on a laptop, colab = a free Colab GPU (about an hour), full = the paper's
+# sizes on a GPU (hours). Default: colab on a Colab GPU, full on another GPU, else cpu.
+# To choose, uncomment the next line (or start Jupyter with DAP_PROFILE=cpu in its environment).
+# os.environ["DAP_PROFILE"] = "cpu"
 
 if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
     import importlib
@@ -61,15 +68,16 @@ print("dap", dap.__version__, "from", os.path.dirname(dap.__file__))
 # %% tags=["parameters"]
 from dap.profiles import get_profile, profile
 
-PROFILE = get_profile()                         # DAP_PROFILE = ci | cpu | full
+PROFILE = get_profile()                         # DAP_PROFILE = ci | cpu | full | colab
 DATA = "mvtec:bottle" if PROFILE == "full" else "builtin:brick"
-AE_STEPS = {"ci": 200, "cpu": 2000, "full": 20000}[PROFILE]      # autoencoder phase
-COPY_STEPS = {"ci": 150, "cpu": 2000, "full": 20000}[PROFILE]    # denoiser steps per variant
-SEG_STEPS = {"ci": 20, "cpu": 1000, "full": 2000}[PROFILE]       # segmenter phase per arm
-SEEDS = (0, 1, 2)                                                 # ablation seeds
-BATCH = {"ci": 8, "cpu": 16, "full": 16}[PROFILE]
+PRESET = profile(PROFILE).notebook_preset                         # cpu: the 64 px ci preset
+AE_STEPS = {"ci": 120, "cpu": 160, "full": 20000, "colab": 2000}[PROFILE]  # autoencoder phase
+COPY_STEPS = {"ci": 80, "cpu": 120, "full": 20000, "colab": 1000}[PROFILE]  # per variant
+SEG_STEPS = {"ci": 10, "cpu": 15, "full": 2000, "colab": 300}[PROFILE]     # per ablation arm
+SEEDS = (0, 1) if PROFILE == "ci" else (0, 1, 2)                  # ablation seeds
+BATCH = {"ci": 8, "cpu": 8, "full": 16, "colab": 8}[PROFILE]
 LR = 5e-4
-N_IMAGES = {"ci": 12, "cpu": 40, "full": 64}[PROFILE]   # defective test images for the copy PSNR
+N_IMAGES = {"ci": 12, "cpu": 16, "full": 64, "colab": 32}[PROFILE]  # defects for the copy PSNR
 print(PROFILE, "| DiffAD on", DATA)
 
 # %%
@@ -106,7 +114,7 @@ torch.manual_seed(0)
 # presets down-sample 4 times (64 px -> 16 x 16 x 4).
 
 # %%
-preset = profile(PROFILE).preset
+preset = PRESET
 method = build_method("diffad", preset, ae_steps=AE_STEPS)
 cfg = method.config
 print(f"image {cfg.autoencoder.image_size} px -> latent {cfg.autoencoder.latent_size} x "
@@ -189,7 +197,12 @@ area = 100 * test.masks.flatten(1).mean(1)
 print(f"defect area of these images: {area.min():.1f} % to {area.max():.1f} %")
 
 # %% [markdown]
-# ## 3. Why a clean condition invites direct copying
+# ## 3. Why conditioning on the target invites direct copying
+#
+# Words first, because "clean" could mean two things here. In this notebook a **clean image**
+# is always the defect-free image under a test defect (the benchmark keeps it). A condition is
+# called **un-noised** or **noised** (by the forward process), never clean; and the variant
+# whose condition is the target's own latent is **target as condition**.
 #
 # The latent denoiser sees concat(z_t, c): the noisy latent and the condition c, the latent of
 # the image to reconstruct. Train it on normal images with c = E(x) — the target itself — and
@@ -214,14 +227,15 @@ show_images([method.decode(noisy_condition(s, c, eps, t)).detach()[0] for t in t
 #
 # | variant | condition in training | at test |
 # |---|---|---|
-# | clean condition | c = E(x), the target itself | c |
+# | target as condition | c = E(x), the target itself, un-noised | c, un-noised |
 # | noisy condition (dap's own reading) | c = E(x) noised to the denoiser's t (the printed equation) | c noised to each DDIM step's t (`noisy_per_step`) |
-# | DiffAD (official recipe) | c = E(S), S synthetic anomalous, noised to an independent t' | c |
+# | DiffAD (official recipe) | c = E(S), S synthetic anomalous, noised to an independent t' | c, un-noised (`sample_condition="clean"` in the config) |
 # | same model, noisy sampling (official alternative) | — | c noised *once* to a t_c in [400, 500), kept for every step (`noisy_fixed`) |
 #
 # The official condition is not the target: it is the latent of a DRAEM-style synthetic defect
-# image (notebook 05; half of them left normal), and the target stays the clean latent. The
-# official scripts sample with the clean c; their commented-out alternative noises c once at
+# image (notebook 05; half of them left normal), and the target stays the latent of the normal
+# image. The official scripts sample with the un-noised c; their commented-out alternative
+# noises c once at
 # t_c in [400, 500) — as their README suggests for severe deformations. dap's `noisy_per_step`,
 # which re-noises c to every step's t from t = 999 down, is not in the official code.
 #
@@ -232,7 +246,7 @@ show_images([method.decode(noisy_condition(s, c, eps, t)).detach()[0] for t in t
 
 # %%
 variants = {
-    "clean condition": (dict(condition_source="input", noisy_condition=False), "clean"),
+    "target as condition": (dict(condition_source="input", noisy_condition=False), "clean"),
     "noisy condition (per step)": (dict(condition_source="input", condition_timestep="same"),
                                    "noisy_per_step"),
     "DiffAD (official recipe)": ({}, "clean"),
@@ -256,7 +270,7 @@ for label, r in rows.items():
     print(f"{label:>29} {r['copy_psnr_region']:9.2f} {r['copy_psnr_masked_image']:12.2f} "
           f"{r['context_psnr']:8.2f} {r.get('repair_psnr', float('nan')):7.2f}")
 print("mean 10 log10(1 / mask fraction) of these images: "
-      f"{rows['clean condition']['mask_gain_db']:.2f} dB")
+      f"{rows['target as condition']['mask_gain_db']:.2f} dB")
 print("lowest copy PSNR:", min(rows, key=lambda k: rows[k]["copy_psnr_region"]),
       "| highest context PSNR:", max(rows, key=lambda k: rows[k]["context_psnr"]))
 print("paper, MVTec AD at 256 px, formula not stated (the masked-image scale):",
@@ -266,7 +280,7 @@ print("paper, MVTec AD at 256 px, formula not stated (the masked-image scale):",
 # Read the columns together. A denoiser that copies its condition has a copy PSNR near the
 # autoencoder's own; noising the condition should lower it — but watch the context PSNR too: a
 # noisier condition carries less of *everything*, and with `noisy_per_step` the last DDIM steps
-# see an almost clean condition again, while `noisy_fixed` keeps the same, fairly noisy
+# see an almost un-noised condition again, while `noisy_fixed` keeps the same, fairly noisy
 # condition (t_c in [400, 500)) to the end. The official recipe attacks the cause instead: its
 # condition differs from its target where a (synthetic) defect is, so the network learns to
 # *repair* from the condition rather than to copy it (look at the repair PSNR). These are a few
@@ -322,7 +336,7 @@ show_images([*err, test.masks[i, 0]], ["|x - x_r|", "|x - x_inter|", "ground tru
 # seed is a paired comparison; both arms are scored on the same test reconstructions (normal
 # and defective test images, so the image AUROC is defined).
 #
-# Under `ci` each segmenter trains for a few dozen steps: enough to run the ablation, and to see
+# Under `ci` / `cpu` each segmenter trains for 10-15 steps: enough to run the ablation, and to see
 # how much the seeds alone move the metrics, not to settle the question.
 
 # %%
@@ -375,14 +389,14 @@ Markdown(markdown(DIFFERENCES))
 # - DiffAD runs the diffusion model on 4-channel latents of a per-category KL autoencoder; the
 #   autoencoder's own error is a ceiling on every reconstruction, and it already removes thin
 #   defects it has never learnt to draw.
-# - A denoiser conditioned on the clean latent of its own target can learn to copy it, defects
+# - A denoiser conditioned on the un-noised latent of its own target can learn to copy it, defects
 #   and all; the copy PSNR (reconstruction vs input on the defects) measures it. Its two readings
 #   differ by 10 log10(1 / mask fraction); only the masked-image one is on the paper's scale, and
 #   a dap value is never shown under the paper's name.
 # - Noising the condition (c_noisy = sqrt(abar_t) c + sqrt(1 - abar_t) eps) makes copying
 #   impossible, at a price in fidelity; the official code conditions on synthetic anomalies with
-#   a noise level drawn apart from t, so the network learns to repair, and samples with the clean
-#   condition (or, commented out, with the condition noised once at t_c in [400, 500):
+#   a noise level drawn apart from t, so the network learns to repair, and samples with the
+#   un-noised condition (or, commented out, with the condition noised once at t_c in [400, 500):
 #   `sample_condition="noisy_fixed"`). dap exposes each reading (`condition_source`,
 #   `condition_timestep`, `sample_condition`).
 # - The segmenter sees input, reconstruction and an interpolated reconstruction (9 channels);
@@ -397,7 +411,7 @@ Markdown(markdown(DIFFERENCES))
 # 1. Sample the official-recipe model with `sample_condition="noisy_fixed"` and a fixed
 #    `sample_condition_t` of 100, 450 and 800 (`with diffad.using(...)`). Copy, context and
 #    repair PSNR: which change, and why? Compare with `noisy_per_step`.
-# 2. Train the "clean condition" variant with `condition_source="synthetic"` (still
+# 2. Train the "target as condition" variant with `condition_source="synthetic"` (still
 #    `noisy_condition=False`). Does it still copy the *test* defects, which look nothing like the
 #    synthetic ones?
 # 3. Change `interpolation_lambda` to 0.25 and 0.75 and retrain the segmenter only

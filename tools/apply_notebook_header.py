@@ -12,7 +12,7 @@ address (a fork) or the template below. It is idempotent: a second run changes n
 What it rewrites in each ``notebooks/NN_*.py`` (jupytext percent format):
 
 1. the first code cell, the Colab bootstrap, becomes :data:`BOOTSTRAP` (inserted before the
-   ``parameters`` cell if a notebook has none);
+   ``parameters`` cell if a notebook has none); it also says how to choose the profile;
 2. the ``parameters`` cell (tagged, right after the bootstrap) keeps its own settings; only its
    ``DAP_PROFILE = a | b | c`` comment is set to the profiles of ``dap.profiles.PROFILES``;
 3. the Colab badge links to the repository's ``notebooks/<name>.ipynb`` on branch ``main``.
@@ -39,6 +39,12 @@ BOOTSTRAP = '''\
 # %%
 import os
 import sys
+
+# How big everything is comes from one switch, the profile (dap/profiles.py): ci = seconds,
+# cpu = minutes on a laptop, colab = a free Colab GPU (about an hour), full = the paper's
+# sizes on a GPU (hours). Default: colab on a Colab GPU, full on another GPU, else cpu.
+# To choose, uncomment the next line (or start Jupyter with DAP_PROFILE=cpu in its environment).
+# os.environ["DAP_PROFILE"] = "cpu"
 
 if "google.colab" in sys.modules:  # Colab: install dap from its repository; Colab's torch is kept
     import importlib

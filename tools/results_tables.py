@@ -24,6 +24,43 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md"]
 
 
+# --- notebook times: results/notebook-times.json (tools/time_notebooks.py) -------------------
+# Not a metrics table, so it has its own renderer; every other block stays published_table.
+def notebook_times_table(results_dir: str | Path | None = None) -> str:
+    """Seconds per notebook under each profile, with each profile's ``made_by`` line."""
+    import json
+
+    path = Path(results_dir or ROOT / "results") / "notebook-times.json"
+    if not path.exists():
+        return ("_No results file `results/notebook-times.json` yet: run "
+                "`python tools/time_notebooks.py --profile ci`._\n")
+    profiles = json.loads(path.read_text())["profiles"]
+    names = sorted({r["notebook"] for sec in profiles.values() for r in sec["rows"]})
+    cell = {(p, r["notebook"]): r for p, sec in profiles.items() for r in sec["rows"]}
+
+    def show(row: dict | None) -> str:
+        if row is None:
+            return "—"
+        s = row["seconds"]
+        time = f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+        if row.get("load_average") is not None:
+            time += f" (load {row['load_average']:g})"
+        return time if row["status"] == "ok" else f"{time} ({row['status']})"
+
+    lines = ["| notebook | " + " | ".join(f"`{p}`" for p in profiles) + " |",
+             "|---|" + "---|" * len(profiles)]
+    lines += [f"| {n} | " + " | ".join(show(cell.get((p, n))) for p in profiles) + " |"
+              for n in names]
+    for p, sec in profiles.items():
+        m = sec.get("made_by", {})
+        lines.append(f"\n_`{p}`: `{m.get('command', '?')}` (dap {m.get('dap_version', '?')}, "
+                     f"commit {str(m.get('git_commit', '?'))[:10]}, {m.get('device', '?')}, "
+                     f"{str(m.get('utc', '?'))[:10]}); wall clock per notebook, one at a "
+                     "time, one thread; load = the machine's 5-minute load average when the "
+                     "notebook ended (other jobs share the machine)._")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # Tables of the benchmark results files (``kind``)
 # --------------------------------------------------------------------------------------------
@@ -150,6 +187,8 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
 
 def table(name: str, results_dir: str | Path | None = None) -> str:
     """The block for ``results/<name>.json``: its kind's table, else the metrics table."""
+    if name == "notebook-times":
+        return notebook_times_table(results_dir)
     path = Path(results_dir or RESULTS_DIR) / f"{name}.json"
     if path.exists():
         data = read_results(path)

@@ -10,6 +10,8 @@
 * :func:`check_guidance_identity` -- x0_g = x0_s + w (1 - abar_ts)(x0_b - x0_s) (eqs. 7-8);
   :func:`sweep_guidance_weight` -- the w ablation (Fig. 10). Taught in
   ``notebooks/04_norm_guidance``.
+* :mod:`dap.analysis.verdicts` -- the explicit rules by which notebooks 02-04 compare these
+  measurements with the paper's claims.
 * :func:`run_adaptive` -- GLAD's adaptive reconstructions, stop steps and anomaly maps over a
   stack of test images. Taught in ``notebooks/08_adaptive_diffusion``.
 
@@ -26,7 +28,7 @@ from dap.analysis.guidance import (METRIC_NAMES, GuidanceSweep, IdentityCheck,
                                    check_guidance_identity, sweep_guidance_weight)
 from dap.analysis.iterative import IterativeSweep, sweep_one_step_vs_iterative
 from dap.analysis.repair import (RepairSweep, first_t_below, remaining_fraction, repair_errors,
-                                 sweep_repair)
+                                 residual_fraction, sweep_repair)
 from dap.analysis.quality import WienerDenoiser, channel_spread, psnr
 from dap.analysis.stats import Spread, auroc_standard_error, median_iqr, per_image_mse
 
@@ -34,7 +36,8 @@ __all__ = [
     "WienerDenoiser", "channel_spread", "psnr",
     "KINDS", "TestTensors", "load_test_tensors", "split_by_area", "spread_indices",
     "IterativeSweep", "sweep_one_step_vs_iterative",
-    "RepairSweep", "repair_errors", "remaining_fraction", "sweep_repair", "first_t_below",
+    "RepairSweep", "repair_errors", "remaining_fraction", "residual_fraction", "sweep_repair",
+    "first_t_below",
     "IdentityCheck", "check_guidance_identity", "GuidanceSweep", "sweep_guidance_weight",
     "METRIC_NAMES", "Spread", "median_iqr", "per_image_mse", "auroc_standard_error",
     "run_adaptive",

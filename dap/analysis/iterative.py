@@ -115,8 +115,11 @@ def sweep_one_step_vs_iterative(
     progress : bool
         A progress bar over t (quiet under ``TQDM_DISABLE=1``).
     warmup : bool
-        One untimed network call first, so the first timing does not include start-up costs
-        (memory allocation, kernel selection).
+        Run every reconstruction once, untimed, before timing any (DDPM from a tiny t): the
+        first call of each code path pays start-up costs (memory allocation, kernel
+        selection), which would otherwise be charged to the first t of the grid, so that
+        DDPM's 51 evaluations from t = 50 could take longer than its 601 from t = 600. The
+        warm-up draws from its own generator: the results do not depend on it.
 
     Returns
     -------
@@ -140,9 +143,13 @@ def sweep_one_step_vs_iterative(
     noisy = torch.empty((T, *images.shape), dtype=images.dtype, device=device)
     evals = {name: np.zeros(T, dtype=np.int64) for name in names}
     seconds = {name: np.zeros(T) for name in names}
-    if warmup:
+    if warmup:  # each reconstruction once, untimed, on its own random stream (see below)
         first = chunks(N, batch_size)[0]
-        reconstruct(model, schedule, images[first], ts[0], "one_step", noise=noise[first])
+        spare = torch.Generator(device).manual_seed(0)
+        for name, how, k in plan:
+            t_warm = min(ts[0], 4) if how == "ddpm" else max(ts[0], k) if how == "ddim" else ts[0]
+            reconstruct(model, schedule, images[first], t_warm, how, num_inference_steps=k,
+                        noise=noise[first], generator=spare, clip_sample=clip_sample)
     for i, t in enumerate(progress_bar(ts, progress, desc="t")):
         for sl in chunks(N, batch_size):
             for name, how, k in plan:

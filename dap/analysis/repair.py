@@ -84,11 +84,32 @@ def remaining_fraction(inside: np.ndarray, outside: np.ndarray, input_inside: np
     """The part of a defect still in a reconstruction: (inside - outside) / input_inside.
 
     1 means the defect was copied unchanged, 0 that the defect region is reconstructed as well
-    as its surroundings (the excess error is gone). ``input_inside`` is the defective input's
-    own inside error (:func:`repair_errors` of the input). Shapes broadcast, e.g. ``(T, N)`` and
-    ``(N,)``.
+    as its surroundings (the excess error is gone), negative that it is reconstructed better
+    than them. A uniformly bad reconstruction also scores 0: read it with the fidelity error,
+    or use :func:`residual_fraction`, which counts that error too. ``input_inside`` is the
+    defective input's own inside error (:func:`repair_errors` of the input). Shapes broadcast,
+    e.g. ``(T, N)`` and ``(N,)``.
     """
     return (np.asarray(inside) - np.asarray(outside)) / np.asarray(input_inside)
+
+
+def residual_fraction(inside: np.ndarray, input_inside: np.ndarray) -> np.ndarray:
+    """How far the defect region still is from the clean image: inside / input_inside.
+
+    The reconstruction's error inside the mask (:func:`repair_errors`, against the clean
+    image) as a fraction of the defective input's own error there (the defect's strength).
+    0 = the region is exactly the clean image; 1 = as far from it as the defect was (e.g. the
+    defect copied); above 1 = further than leaving the defect alone. Never negative.
+
+    It is the sum of two parts: :func:`remaining_fraction`, the excess of the inside error
+    over the same reconstruction's error on the normal pixels (negative when the defect region
+    comes out *better* than its surroundings, e.g. a flat patch that is easy to smooth), and
+    ``outside / input_inside``, the ordinary reconstruction error measured in units of the
+    defect. So a reconstruction that is uniformly bad (inside = outside, both large) has a
+    remaining fraction of 0 but a large residual fraction: it is not a repair. Used by
+    ``notebooks/03_noise_scales``.
+    """
+    return np.asarray(inside) / np.asarray(input_inside)
 
 
 @dataclass
@@ -113,6 +134,11 @@ class RepairSweep:
     def remaining(self) -> np.ndarray:
         """``(T, N)`` :func:`remaining_fraction` of every image at every t."""
         return remaining_fraction(self.inside, self.outside, self.input_inside)
+
+    @property
+    def residual(self) -> np.ndarray:
+        """``(T, N)`` :func:`residual_fraction` of every image at every t."""
+        return residual_fraction(self.inside, self.input_inside)
 
     def index(self, t: int) -> int:
         """Position of step ``t`` in :attr:`ts`."""
