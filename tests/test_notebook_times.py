@@ -45,7 +45,7 @@ def test_missing_file_says_so_and_the_block_uses_this_table(tmp_path):
     assert "No results file `results/notebook-times.json`" in \
         results_tables.notebook_times_table(tmp_path)
     text = "<!-- results: notebook-times -->\nold\n<!-- /results -->\n"
-    out = results_tables.render_results(text, tmp_path)
+    out = results_tables.render_results(text, tmp_path, table=results_tables.table)
     assert "old" not in out and "time_notebooks.py --profile ci" in out
 
 
