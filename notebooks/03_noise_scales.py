@@ -215,6 +215,32 @@ widgets.interact(repair_one, image=widgets.IntSlider(0, 0, len(test) - 1),
                  t=widgets.IntSlider(200, 0, 999, 10));
 
 # %% [markdown]
+# ## 6. The same t in another image range
+#
+# How noisy x_t is depends on the signal as much as on t: with Var(x0) = v the signal-to-noise
+# ratio is SNR(t) = v abar_t / (1 - abar_t). The official DiffusionAD code feeds images in
+# [0, 1]; dap (and the DDPM convention the paper's equations assume) uses [-1, 1], where the same
+# image has 4x the variance. So the paper's t_s = 200 and t_b = 400, chosen in [0, 1], are *less*
+# noisy in [-1, 1] — `schedule.matching_timestep(t, 4.0)` finds the t of equal SNR. dap keeps
+# [-1, 1] by default because the recipe study measured it (README, "The training recipe";
+# `input_range="unit"` restores the official range).
+
+# %%
+v_signed = float(test.images.var())                     # these test images in [-1, 1]
+snr = schedule.snr().double().cpu().numpy()
+ts = np.arange(len(snr))
+fig, ax = plt.subplots(figsize=(6.5, 3.6))
+ax.semilogy(ts, v_signed * snr, label="images in [-1, 1] (dap)")
+ax.semilogy(ts, v_signed / 4 * snr, label="the same images in [0, 1] (official code)")
+for t in (T_S, T_B):
+    ax.axvline(t, color="gray", ls=":")
+ax.set_xlabel("t"); ax.set_ylabel("SNR = Var(x0) abar_t / (1 - abar_t)"); ax.legend()
+ax.set_title("signal-to-noise ratio against t")
+plt.show()
+for t in (T_S, T_B):
+    print(f"t = {t} in [0, 1] is as noisy as t = {schedule.matching_timestep(t, 4.0)} in [-1, 1]")
+
+# %% [markdown]
 # ## What we measured vs what the paper claims
 #
 # The paper (Observation II): small anomalies are best repaired from t_s = 200, large or semantic
