@@ -251,7 +251,8 @@ display(Markdown(markdown(DIFFERENCES)))
 # Three of those differences shape what a trained model learns, so they were measured, one at
 # a time, at the same seed and budget, on the *validation* split (never the test split), with
 # the reconstruction PSNR of normal images against the best *linear* estimate (Wiener, from
-# x_200) and the colour speckle of reconstructions of grey inputs (`tools/recipe_study.py`).
+# x_200) and the colour speckle of reconstructions of grey inputs (`tools/recipe_study.py`, in
+# the repository only).
 # The defaults follow this table.
 
 # %%
