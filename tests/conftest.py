@@ -18,3 +18,12 @@ def _seed_and_close_figures():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (reproducible sums), then restore the setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,12 +23,7 @@ from dap.models.reconstructive import ReconstructiveAE, reconstructive_config
 from dap.models.segmentation import SegmentationUNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:

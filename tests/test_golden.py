@@ -18,12 +18,7 @@ FAST = [n for n in G.case_names() if n not in G.SLOW_CASES]
 SLOW = [pytest.param(n, marks=pytest.mark.slow) for n in G.case_names() if n in G.SLOW_CASES]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_case_is_recorded():
