@@ -1,9 +1,9 @@
 """Is a bf16-trained DiffusionAD as good as an fp32-trained one after the same number of steps?
 
 Trains the same model twice -- the ``ci`` preset at 64 px with the shipped models' segmenter
-and schedule (``dap.experiments.ZOO_DIFFUSIONAD``), on the same data, seed and steps -- through the public
-training API (``dap.experiments.train_run``): once on the plain path (``plain=True``: float32,
-contiguous, eager, PyTorch's default Adam: the official recipe) and once on the fast path that
+and schedule (``dap.experiments.ZOO_DIFFUSIONAD``), on the same data, seed and steps --
+through the public training API (``dap.experiments.train_run``): once on the plain path
+(``plain=True``: float32, contiguous, eager, PyTorch's default Adam: the official recipe) and once on the fast path that
 training uses by default (bf16 autocast, channels_last, fused kernels, fused Adam:
 ``amp="bf16"``). The two arms run in parallel as two processes with one CPU thread each. Both
 report the last step's weights (``select_metric="last"``: no selection that could favour one
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-# the shipped models' settings (dap.experiments.ZOO_DIFFUSIONAD), with the step count of this comparison
+# the shipped models' settings (dap.experiments.ZOO_DIFFUSIONAD), with this comparison's steps
 ZOO_OVERRIDES = {"segmenter": {"base_width": 16, "encoder_mult": [1, 2, 4, 8]}}
 ZOO_TRAIN = {"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 50, "batch_size": 8}
 METRICS = ("val_image_auroc", "val_pixel_auroc", "val_pixel_ap", "val_aupro", "val_mean")

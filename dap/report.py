@@ -185,11 +185,13 @@ _commit_at_start()   # the code this process runs, before anything can change th
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
 
-def _made_by(data: dict[str, Any]) -> str:
+def made_by_line(data: dict[str, Any], name: str) -> str:
+    """The provenance line under a published table: which command, commit, machine and day
+    wrote ``results/<name>`` (from its ``made_by`` record)."""
     m = data.get("made_by") or {}
-    return (f"_From `results/{{name}}`, written by `{m.get('command', '?')}` "
+    return (f"_From `results/{name}`, written by `{m.get('command', '?')}` "
             f"(dap {m.get('dap_version', '?')}, commit {str(m.get('git_commit', '?'))[:10]}, "
-            f"{m.get('device', '?')}, {m.get('utc', '?')[:10]})._")
+            f"{m.get('device', '?')}, {str(m.get('utc', '?'))[:10]})._")
 
 
 def published_table(name: str, results_dir: str | Path | None = None) -> str:
@@ -207,7 +209,7 @@ def published_table(name: str, results_dir: str | Path | None = None) -> str:
     title = ("method", "category") if any("category" in r for r in rows) else ("method",)
     extra = tuple(k for k in data.get("extra") or ("fps_batch1",) if any(k in r for r in rows))
     table = results_markdown(rows, extra=extra, paper=data.get("paper"), title_cols=title)
-    return table + "\n" + _made_by(data).replace("{name}", path.name) + "\n"
+    return table + "\n" + made_by_line(data, path.name) + "\n"
 
 
 _BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
@@ -229,4 +231,4 @@ def result_blocks(text: str) -> list[str]:
 
 __all__ = ["PAPER_RESULTS", "METRIC_KEYS", "results_markdown", "mean_row", "write_tables",
            "provenance", "read_results", "read_rows", "RESULTS_DIR", "published_table",
-           "render_results", "result_blocks", "example_figure"]
+           "render_results", "result_blocks", "example_figure", "made_by_line"]

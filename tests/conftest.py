@@ -20,10 +20,20 @@ def _seed_and_close_figures():
     plt.close("all")
 
 
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def one_thread():
     """Run the test on one torch thread (reproducible sums), then restore the setting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from _threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """Run the test on two torch threads (the thread settings under test), then restore."""
+    yield from _threads(2)

@@ -32,14 +32,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 # --------------------------------------------------------------------------------------------
 # autocast dtype resolution
 # --------------------------------------------------------------------------------------------

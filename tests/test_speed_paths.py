@@ -27,14 +27,6 @@ def shipped():
     return zoo.load("diffusionad-builtin-brick"), speed.inputs(64, 4)
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_predict_maps_agree(shipped, two_threads):
     method, x = shipped
     plain, fast = speed.plain_path(method, 64), speed.fast_path(method, 64)

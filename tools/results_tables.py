@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from dap.report import RESULTS_DIR, published_table, read_results, render_results, result_blocks
+from dap.report import (RESULTS_DIR, made_by_line, published_table, read_results,
+                        render_results, result_blocks)
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md"]
@@ -64,13 +65,6 @@ def notebook_times_table(results_dir: str | Path | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 # Tables of the benchmark results files (``kind``)
 # --------------------------------------------------------------------------------------------
-def _provenance(data: dict[str, Any], name: str) -> str:
-    m = data.get("made_by") or {}
-    return (f"_From `results/{name}`, written by `{m.get('command', '?')}` "
-            f"(dap {m.get('dap_version', '?')}, commit {str(m.get('git_commit', '?'))[:10]}, "
-            f"{m.get('device', '?')}, {str(m.get('utc', '?'))[:10]})._")
-
-
 def _md(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -194,7 +188,7 @@ def table(name: str, results_dir: str | Path | None = None) -> str:
         data = read_results(path)
         kind = data.get("kind")
         if kind in RENDERERS:
-            return RENDERERS[kind](data) + "\n" + _provenance(data, path.name) + "\n"
+            return RENDERERS[kind](data) + "\n" + made_by_line(data, path.name) + "\n"
     return published_table(name, results_dir)
 
 

@@ -11,7 +11,8 @@
   Per frequency f, with S(f) the cross-spectrum of x0 - mu and N = H W the white noise's power
   per unnormalised DFT coefficient::
 
-      X0_hat(f) = mu(f) + sqrt(abar) S(f) (abar S(f) + (1 - abar) N I)^-1 (X_t(f) - sqrt(abar) mu(f))
+      X0_hat(f) = mu(f) + sqrt(abar) S(f) (abar S(f) + (1 - abar) N I)^-1
+                          (X_t(f) - sqrt(abar) mu(f))
 
   (Wiener 1949; the Gaussian posterior mean, which is linear). A one-step diffusion estimate
   x0_hat = E[x0 | x_t] is also a posterior mean — of the true, non-Gaussian distribution — so
