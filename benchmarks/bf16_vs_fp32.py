@@ -5,8 +5,8 @@ and schedule (``dap.experiments.ZOO_DIFFUSIONAD``), on the same data, seed and s
 through the public training API (``dap.experiments.train_run``): once on the plain path
 (``plain=True``: float32, contiguous, eager, PyTorch's default Adam: the official recipe)
 and once on the fast path that training uses by default (bf16 autocast, channels_last,
-fused kernels, fused Adam: ``amp="bf16"``). The two arms run in parallel as two processes with one CPU thread each. Both
-report the last step's weights (``select_metric="last"``: no selection that could favour one
+fused kernels, fused Adam: ``amp="bf16"``). The two arms run in parallel as two processes
+with one CPU thread each. Both report the last step's weights (``select_metric="last"``: no selection that could favour one
 arm) on the validation split (normal images + synthetic anomalies, the same fixed set for
 both), at every validation point; ``--test`` adds the test-split metrics of the final weights.
 Validation and the test evaluation predict in float32 (the test one on the plain path,
