@@ -1,14 +1,14 @@
 """Is a bf16-trained DiffusionAD as good as an fp32-trained one after the same number of steps?
 
-Trains the same model twice -- the ``ci`` preset at 64 px with the shipped models' segmenter
-and schedule (``dap.experiments.ZOO_DIFFUSIONAD``), on the same data, seed and steps --
-through the public training API (``dap.experiments.train_run``): once on the plain path
-(``plain=True``: float32, contiguous, eager, PyTorch's default Adam: the official recipe)
-and once on the fast path that training uses by default (bf16 autocast, channels_last,
-fused kernels, fused Adam: ``amp="bf16"``). The two arms run in parallel as two processes
-with one CPU thread each. Both report the last step's weights (``select_metric="last"``: no selection that could favour one
-arm) on the validation split (normal images + synthetic anomalies, the same fixed set for
-both), at every validation point; ``--test`` adds the test-split metrics of the final weights.
+Trains the same model twice -- the ``ci`` preset at 64 px with the shipped models' segmenter and
+schedule (``dap.experiments.ZOO_DIFFUSIONAD``), on the same data, seed and steps -- through the
+public training API (``dap.experiments.train_run``): once on the plain path (``plain=True``:
+float32, contiguous, eager, PyTorch's default Adam: the official recipe) and once on the fast
+path that training uses by default (bf16 autocast, channels_last, fused kernels, fused Adam:
+``amp="bf16"``). The two arms run in parallel as two processes with one CPU thread each. Both
+report the last step's weights (``select_metric="last"``: no selection that could favour one
+arm) on the validation split (normal images + synthetic anomalies, the same fixed set for both),
+at every validation point; ``--test`` adds the test-split metrics of the final weights.
 Validation and the test evaluation predict in float32 (the test one on the plain path,
 ``DAP_PLAIN=1``), so only the training differs.
 
