@@ -174,6 +174,17 @@ def test_ssim_of_an_image_with_itself_is_one_and_float32_agrees():
         ssim_map(x, y[:1])
 
 
+def test_ssim_ignores_bf16_autocast():
+    # under bf16 autocast E[x^2] - mu^2 cancels to noise; ssim_map must stay in float32
+    x = to_unit(_images(2, 32))
+    y = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssim_map(x.bfloat16(), y.bfloat16())
+    assert got.dtype == torch.float32
+    ref = ssim_map(x.bfloat16().double(), y.bfloat16().double()).float()
+    torch.testing.assert_close(got, ref, atol=5e-4, rtol=0)
+
+
 # --------------------------------------------------------------------------------------------
 # The losses and the image score
 # --------------------------------------------------------------------------------------------

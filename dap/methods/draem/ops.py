@@ -61,7 +61,8 @@ def ssim_map(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 11,
     the biased estimate) and C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = ``data_range``. Windows that
     cross the border see zero padding (the official DRAEM code's ``conv2d(padding=5)``).
 
-    x, y : ``(B, C, H, W)``; computed in float32 or wider.
+    x, y : ``(B, C, H, W)``; computed in float32 or wider, with autocast off: in bf16 the
+    difference ``E[x^2] - mu^2`` cancels to noise and the ratio can overflow.
     """
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"ssim_map needs two (B, C, H, W) tensors of one shape, got "
@@ -69,11 +70,12 @@ def ssim_map(x: Tensor, y: Tensor, data_range: float = 1.0, window: int = 11,
     dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
     x, y = x.to(dtype), y.to(dtype)
     w = gaussian_window(window, sigma, dtype, x.device)
-    mu_x, mu_y = _local_mean(x, w), _local_mean(y, w)
-    # sigma_x^2 = E[x^2] - mu_x^2, sigma_xy = E[xy] - mu_x mu_y
-    var_x = _local_mean(x * x, w) - mu_x.square()
-    var_y = _local_mean(y * y, w) - mu_y.square()
-    cov = _local_mean(x * y, w) - mu_x * mu_y
+    with torch.autocast(x.device.type, enabled=False):
+        mu_x, mu_y = _local_mean(x, w), _local_mean(y, w)
+        # sigma_x^2 = E[x^2] - mu_x^2, sigma_xy = E[xy] - mu_x mu_y
+        var_x = _local_mean(x * x, w) - mu_x.square()
+        var_y = _local_mean(y * y, w) - mu_y.square()
+        cov = _local_mean(x * y, w) - mu_x * mu_y
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     # SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2))
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / \
