@@ -33,7 +33,7 @@ from dap.engine.train import (TrainConfig, TrainData, TrainResult, prepare_out_d
 from dap.io import atomic_write_text
 from dap.methods import REGISTRY, AnomalyMethod, build_method, method_config
 from dap.profiles import profile as profile_of
-from dap.report import PAPER_RESULTS, example_figure, mean_row, write_tables
+from dap.report import PAPER_RESULTS, example_figure, mean_row, read_results, write_tables
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
@@ -207,12 +207,16 @@ def ablation_over_models(jobs: Sequence[tuple[AnomalyMethod, Sequence[str]]], ou
 # --------------------------------------------------------------------------------------------
 def demo(out_dir: str | Path = "runs/demo", retrain: bool = False, profile: str | None = None,
          batch_size: int = 16, progress: bool = True) -> Path:
-    """Evaluate the shipped models on the built-in benchmark and write ``report.md``.
+    """Evaluate every shipped model on the built-in benchmark and write ``report.md``: the
+    methods side by side (mean of the categories), every model, DiffusionAD's reconstruction
+    quality on the normal test images against the Wiener baseline, and the goals
+    (:func:`dap.report.demo_markdown`). Results file: ``results.json`` (``kind: "demo"``).
 
     With ``retrain`` the models are first trained from scratch with the commands recorded in
     their provenance files (under ``profile``'s sizes if given).
     """
     from dap import zoo
+    from dap.report import demo_markdown
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,37 +224,49 @@ def demo(out_dir: str | Path = "runs/demo", retrain: bool = False, profile: str 
     if not names and not retrain:
         raise FileNotFoundError("no shipped models found in dap/checkpoints; run "
                                 "`python -m dap demo --retrain` to train them here")
-    rows, sections = [], []
-    t0 = time.perf_counter()
+    order = [*zoo_recipes(), *sorted({zoo.info(n)["method"] for n in names} - set(zoo_recipes()))]
+    by_method: dict[str, list[str]] = {}
     for name in names:
-        info = zoo.info(name)
-        if retrain:
-            method, _, prov = train_run(info["method"], info["data"], profile=profile or info["profile"],
-                                        out_dir=out / "train" / name, progress=progress,
-                                        train_overrides=info.get("train_overrides"))
-            source = f"retrained here ({prov['seconds']:.0f} s, selected on {prov['selected']})"
-        else:
-            method = zoo.load(name)
-            source = f"shipped ({info['seconds']:.0f} s of training, selected on {info['selected']})"
-        row, _ = evaluate_run(method, info["data"], out, batch_size=batch_size, progress=progress,
-                              label=name)
-        row["source"] = source
-        rows.append(row)
-        sections.append(f"### {name}\n\n{source}.\n\n![{name}](examples-{info['data'].replace(':', '-')}.png)\n")
-    mean = mean_row(rows, (*METRICS, "fps_batch1"), method="mean",
-                    category=f"{len(rows)} categories")
-    paths = write_tables(rows + [mean], out, stem="results")
+        by_method.setdefault(zoo.info(name)["method"], []).append(name)
+    rows, means, sections = [], [], []
+    t0 = time.perf_counter()
+    for method_name in [m for m in order if m in by_method]:
+        method_rows = []
+        for name in by_method[method_name]:
+            info = zoo.info(name)
+            if retrain:
+                method, _, prov = train_run(info["method"], info["data"],
+                                            profile=profile or info["profile"],
+                                            out_dir=out / "train" / name, progress=progress,
+                                            train_overrides=info.get("train_overrides"))
+                source = f"retrained here ({prov['seconds']:.0f} s, selected on {prov['selected']})"
+            else:
+                method = zoo.load(name)
+                source = (f"shipped ({info['seconds']:.0f} s of training, selected on "
+                          f"{info['selected']})")
+            row, _ = evaluate_run(method, info["data"], out / method_name, batch_size=batch_size,
+                                  progress=progress, label=method_name)
+            row.update(model=name, source=source, train_seconds=info.get("seconds"))
+            if method_name == "diffusionad":
+                row.update(reconstruction_quality(method, info["data"], split="test"))
+            method_rows.append(row)
+            image = f"{method_name}/examples-{info['data'].replace(':', '-')}.png"
+            sections.append(f"### {name}\n\n{source}.\n\n![{name}]({image})\n")
+        rows += method_rows
+        means.append(mean_row(method_rows, (*METRICS, "fps_batch1", "train_seconds"),
+                              method=method_name, category="mean"))
+    paths = write_tables(rows + means, out, stem="results", kind="demo")
     report = [
-        "# dap demo: DiffusionAD on the built-in benchmark\n",
+        "# dap demo: every shipped method on the built-in benchmark\n",
         "Test split of the built-in offline benchmark (real scikit-image textures, defects drawn by "
         "generators unlike the training synthesis). Metrics in percent; AUPRO integrates to "
         "FPR 0.3; pixel AP is the step-sum (scikit-learn) definition. Checkpoints were selected "
         "on the validation split (normal images + synthetic anomalies), never on the test split. "
         "FPS: batch-1 predictions per second on this machine "
         f"({'CUDA' if torch.cuda.is_available() else 'CPU'}).\n",
-        paths["md"].read_text(),
-        "\nThe paper's numbers are for MVTec AD / VisA / MPDD / DAGM at 256 x 256 with the full "
-        "model and are not comparable with this small benchmark; see notebook 06.\n",
+        demo_markdown(read_results(paths["json"])),
+        "\nThe papers' numbers are for MVTec AD / VisA / MPDD / DAGM at 256 x 256 with the full "
+        "models and are not comparable with this small benchmark; see notebook 06.\n",
         *sections,
         f"\n_Total time: {time.perf_counter() - t0:.0f} s._\n",
     ]
@@ -371,16 +387,26 @@ def _retrained_segmenter_row(base: AnomalyMethod, data: str, label: str, spec: V
     return mean
 
 
+def _within(spec: Variant, recipe: Variant) -> bool:
+    """Whether every build and training setting of ``spec`` is also the ``recipe``'s (so a
+    model trained with the recipe is the variant's model)."""
+    return (all(recipe.overrides.get(k, object()) == v for k, v in spec.overrides.items())
+            and all(recipe.train_overrides.get(k, object()) == v
+                    for k, v in spec.train_overrides.items()))
+
+
 def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path = "runs/benchmark",
               profile: str | None = None, batch_size: int = 16, progress: bool = True,
               use_zoo: bool = True, train_overrides: dict[str, Any] | None = None,
               only: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Train (or load from the zoo) and evaluate every variant of every method on ``data``.
 
-    A zoo model named ``<method>-<dataset>-<category>`` is used for the plain variant when it
-    exists (``use_zoo``); everything else is trained here with the profile's defaults and
-    selected on the validation split. ``train_overrides`` (TrainConfig) apply to every model
-    trained here, under each variant's own; giving them trains every model here. ``only``
+    A shipped model named ``<method>-<dataset>-<category>`` is used for a variant whose own
+    settings are part of that method's zoo recipe (:func:`zoo_recipes`) when it exists
+    (``use_zoo``). Everything else is trained here with the zoo recipe under the variant's own
+    settings (so every row of the table has the same budget) and selected on the validation
+    split. ``train_overrides`` (TrainConfig) apply to every model trained here, under each
+    variant's own; giving them trains every model here. ``only``
     keeps only the rows with those labels (a variant that shares a model still trains it).
     Writes ``table.md/csv/json`` with one row per variant (mean over ``data``) and
     ``per-category.*``.
@@ -412,14 +438,17 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
                     source = f"model of {shared}"
                 else:
                     zname = f"{name}-{d.replace(':', '-')}"
-                    if use_zoo and not spec.overrides and not spec.train_overrides \
-                            and not train_overrides and zname in zoo.available():
+                    recipe = zoo_recipes().get(name, Variant())
+                    if use_zoo and not train_overrides and _within(spec, recipe) \
+                            and zname in zoo.available():
                         method, source = zoo.load(zname), f"zoo:{zname}"
                     else:
                         run_dir = out / "train" / f"{label}-{d.replace(':', '-')}"
                         method, _, prov = train_run(
-                            name, d, profile=profile, overrides=spec.overrides,
-                            train_overrides={**(train_overrides or {}), **spec.train_overrides},
+                            name, d, profile=profile,
+                            overrides={**recipe.overrides, **spec.overrides},
+                            train_overrides={**recipe.train_overrides, **(train_overrides or {}),
+                                             **spec.train_overrides},
                             out_dir=run_dir, progress=progress)
                         source = f"trained here, {prov['train_config']['steps']} steps"
                         atomic_write_text(run_dir / "provenance.json",
@@ -487,16 +516,25 @@ def recipe_variants() -> dict[str, Variant]:
 
 @torch.no_grad()
 def reconstruction_quality(method: AnomalyMethod, data: str, t_wiener: int = 200,
-                           seed: int = 0) -> dict[str, float]:
-    """Quality of ``method``'s reconstructions of the *validation* split's normal images:
-    mean PSNR (dB, [-1, 1] units), mean channel spread, and the PSNR of the Wiener estimate
-    from x_{t_wiener} fitted on the training images (:mod:`dap.analysis.quality`)."""
+                           seed: int = 0, split: str = "validation") -> dict[str, float]:
+    """Quality of ``method``'s reconstructions of the normal images of ``split``
+    (``"validation"``, used for choosing recipes, or ``"test"``, its normal images only, for
+    the reported goals): mean PSNR (dB, [-1, 1] units), mean channel spread, and the PSNR of
+    the Wiener estimate from x_{t_wiener} fitted on the training images
+    (:mod:`dap.analysis.quality`)."""
     from dap.analysis.quality import WienerDenoiser, channel_spread, psnr
     from dap.diffusion import NoiseSchedule
 
+    if split not in ("validation", "test"):
+        raise ConfigError(f"split must be 'validation' or 'test', got {split!r}")
     spec = parse_data(data, method.image_size)
-    train_ds, val_ds, _ = datasets(spec, method.image_size)
-    train_x, val_x = stack(train_ds, "image"), stack(val_ds, "image")
+    train_ds, val_ds, test_ds = datasets(spec, method.image_size)
+    train_x = stack(train_ds, "image")
+    if split == "validation":
+        val_x = stack(val_ds, "image")
+    else:
+        normal = [i for i in range(len(test_ds)) if int(test_ds[i]["label"]) == 0]
+        val_x = torch.stack([test_ds[i]["image"] for i in normal])
     device = next(method.parameters()).device
     recs = torch.cat([method.predict(val_x[i:i + 16].to(device)).reconstruction.float().cpu()
                       for i in range(0, len(val_x), 16)])

@@ -113,12 +113,13 @@ def provenance() -> dict[str, Any]:
 
 
 def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str = "results",
-                 paper: dict[str, float] | None = None, extra: Sequence[str] = ("fps_batch1",)
-                 ) -> dict[str, Path]:
+                 paper: dict[str, float] | None = None, extra: Sequence[str] = ("fps_batch1",),
+                 kind: str | None = None) -> dict[str, Path]:
     """Write ``rows`` as ``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` under ``out_dir``.
 
     The JSON file is the results file: its ``rows``, the ``paper``'s numbers if any, and
-    ``made_by`` (:func:`provenance`). Every published table is rendered from such a file.
+    ``made_by`` (:func:`provenance`), and its ``kind`` if given (``"demo"``: rendered by
+    :func:`demo_markdown`). Every published table is rendered from such a file.
     """
     out = Path(out_dir)
     keys = sorted({k for r in rows for k in r})
@@ -130,7 +131,8 @@ def write_tables(rows: Sequence[dict[str, Any]], out_dir: str | Path, stem: str 
         "md": atomic_write_text(out / f"{stem}.md", results_markdown(rows, paper=paper, extra=extra)),
         "csv": atomic_write_text(out / f"{stem}.csv", buf.getvalue()),
         "json": atomic_write_text(out / f"{stem}.json", json.dumps(
-            {"rows": list(rows), "paper": paper, "extra": list(extra), "made_by": provenance()},
+            {"rows": list(rows), "paper": paper, "extra": list(extra), "made_by": provenance(),
+             **({"kind": kind} if kind else {})},
             indent=2,
             default=str)),
     }
@@ -205,11 +207,79 @@ def published_table(name: str, results_dir: str | Path | None = None) -> str:
         return (f"_No results file `results/{path.name}` for this version yet: nothing is "
                 "shown rather than numbers that no file backs._\n")
     data = read_results(path)
+    if data.get("kind") == "demo":
+        return demo_markdown(data) + "\n" + made_by_line(data, path.name) + "\n"
     rows = data["rows"]
     title = ("method", "category") if any("category" in r for r in rows) else ("method",)
     extra = tuple(k for k in data.get("extra") or ("fps_batch1",) if any(k in r for r in rows))
     table = results_markdown(rows, extra=extra, paper=data.get("paper"), title_cols=title)
     return table + "\n" + made_by_line(data, path.name) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The demo: every shipped method side by side, and the goals the shipped models were set
+# --------------------------------------------------------------------------------------------
+#: the shipped models' goals (built-in test split, mean of the three categories), fractions
+ZOO_GOALS: dict[str, dict[str, float]] = {
+    "diffusionad": {"image_auroc": 0.97, "pixel_auroc": 0.95, "aupro": 0.90, "pixel_ap": 0.70},
+    "ddad": {"image_auroc": 0.90, "pixel_auroc": 0.90},
+    "glad": {"image_auroc": 0.90, "pixel_auroc": 0.90},
+    "diffad": {"image_auroc": 0.90, "pixel_auroc": 0.90},
+}
+#: DiffusionAD's reconstructions of normal test images: PSNR above the Wiener estimate from
+#: x_200 by at least this many dB on every category, and at most this channel spread
+RECONSTRUCTION_GOALS = {"psnr_margin_db": 1.0, "channel_spread": 0.015}
+
+
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def demo_markdown(data: dict[str, Any]) -> str:
+    """The demo's tables from its results file (``kind: "demo"``): the methods side by side
+    (mean of the categories), every model, DiffusionAD's reconstruction quality, and the goals
+    (:data:`ZOO_GOALS`, :data:`RECONSTRUCTION_GOALS`) with the measured number and met / not."""
+    rows = data["rows"]
+    means = [r for r in rows if r.get("category") == "mean"]
+    models = [r for r in rows if r.get("category") != "mean"]
+    out = ["**The methods side by side** (mean of the categories):\n",
+           results_markdown(means, title_cols=("method",)),
+           "\n**Every model:**\n", results_markdown(models, title_cols=("method", "category"))]
+    recon = [r for r in models if r.get("psnr_db") is not None]
+    if recon:
+        out += ["\n**Reconstructions of the normal test images** (PSNR in dB, [-1, 1] units; "
+                "Wiener: the linear least-squares estimate of x_0 from x_200, fitted on the "
+                "training images; channel spread: mean absolute deviation of a pixel's three "
+                "channels from their mean; the inputs' own spread in the last column):\n",
+                _md_table(["method", "category", "PSNR", "Wiener PSNR from x_200", "margin",
+                           "channel spread", "inputs' spread"],
+                          [[r["method"], r["category"], f"{r['psnr_db']:.2f}",
+                            f"{r['wiener_psnr_db_t200']:.2f}",
+                            f"{r['psnr_db'] - r['wiener_psnr_db_t200']:+.2f}",
+                            f"{r['channel_spread']:.4f}", f"{r['input_channel_spread']:.4f}"]
+                           for r in recon])]
+    goal_rows = []
+    by_method = {r["method"]: r for r in means}
+    for method, goals in ZOO_GOALS.items():
+        for key, target in goals.items():
+            got = (by_method.get(method) or {}).get(key)
+            goal_rows.append([method, f"{HEADERS.get(key, key)} (mean)", f">= {100 * target:.0f}",
+                              _pct(got), "—" if got is None else
+                              ("yes" if got >= target else "**no**")])
+    for r in recon:
+        margin = r["psnr_db"] - r["wiener_psnr_db_t200"]
+        ok = margin >= RECONSTRUCTION_GOALS["psnr_margin_db"]
+        goal_rows.append([r["method"], f"PSNR - Wiener PSNR, {r['category']}",
+                          f">= {RECONSTRUCTION_GOALS['psnr_margin_db']:.0f} dB",
+                          f"{margin:+.2f} dB", "yes" if ok else "**no**"])
+        ok = r["channel_spread"] <= RECONSTRUCTION_GOALS["channel_spread"]
+        goal_rows.append([r["method"], f"channel spread, {r['category']}",
+                          f"<= {RECONSTRUCTION_GOALS['channel_spread']}",
+                          f"{r['channel_spread']:.4f}", "yes" if ok else "**no**"])
+    out += ["\n**The goals** (test split; met or not, as measured):\n",
+            _md_table(["method", "goal", "target", "measured", "met"], goal_rows)]
+    return "".join(out)
 
 
 _BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
@@ -231,4 +301,5 @@ def result_blocks(text: str) -> list[str]:
 
 __all__ = ["PAPER_RESULTS", "METRIC_KEYS", "results_markdown", "mean_row", "write_tables",
            "provenance", "read_results", "read_rows", "RESULTS_DIR", "published_table",
-           "render_results", "result_blocks", "example_figure", "made_by_line"]
+           "render_results", "result_blocks", "example_figure", "made_by_line", "ZOO_GOALS",
+           "RECONSTRUCTION_GOALS", "demo_markdown"]

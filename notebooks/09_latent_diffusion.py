@@ -70,6 +70,7 @@ from dap.profiles import get_profile, profile
 
 PROFILE = get_profile()                         # DAP_PROFILE = ci | cpu | full | colab
 DATA = "mvtec:bottle" if PROFILE == "full" else "builtin:brick"
+DIFFAD_MODEL = "diffad-builtin-brick"          # the shipped DiffAD model, used if present
 PRESET = profile(PROFILE).notebook_preset                         # cpu: the 64 px ci preset
 AE_STEPS = {"ci": 120, "cpu": 160, "full": 20000, "colab": 2000}[PROFILE]  # autoencoder phase
 COPY_STEPS = {"ci": 80, "cpu": 120, "full": 20000, "colab": 1000}[PROFILE]  # per variant
@@ -87,6 +88,7 @@ import torch
 from IPython.display import Markdown
 
 import dap.report
+from dap import zoo
 from dap.analysis import load_test_tensors
 from dap.analysis.diffad import interpolated_channels_ablation
 from dap.config import replace
@@ -131,6 +133,11 @@ print("phase of steps 0, AE_STEPS, AE_STEPS + denoiser_steps:",
 # Phase 1 trains E and D on normal images with LDM's loss: mean |x - D(z)| plus a very small KL
 # term (z ~ q(z | x) = N(mu, sigma^2); the KL to N(0, I) keeps the latent space smooth without
 # forcing it to be Gaussian). No perceptual loss: it needs pretrained weights we do not ship.
+#
+# When the checkout has a **shipped DiffAD model** for this category (`dap/checkpoints/`, all
+# three phases of the `ci` schedule, trained by `tools/train_zoo.py` in a clone of the
+# repository), its autoencoder is used and the denoisers below start from a fresh denoiser at
+# phase 2; otherwise the autoencoder trains here for `AE_STEPS` steps.
 
 # %%
 size = method.image_size
@@ -138,10 +145,19 @@ spec = parse_data(DATA, size)
 train_ds, _, _ = datasets(spec, size)
 data = TrainData.from_dataset(train_ds)
 tcfg = TrainConfig(steps=AE_STEPS, batch_size=BATCH, lr=LR, val_every=0, select_metric="last")
-result = train(method, data, tcfg, progress=PROFILE != "ci")
-rec = [h["loss_rec"] for h in result.history]
-print(f"{result.seconds:.0f} s; L1 {np.mean(rec[:10]):.3f} -> {np.mean(rec[-10:]):.3f}; "
-      f"next phase: {method.phase}")
+shipped = zoo.load(DIFFAD_MODEL) if DATA == "builtin:brick" and DIFFAD_MODEL in zoo.available() \
+    else None
+if shipped is not None:
+    method.autoencoder.load_state_dict(shipped.autoencoder.state_dict())
+    method.latent_scale.copy_(shipped.latent_scale)
+    method.start_phase("denoiser")
+    print(f"autoencoder of the shipped {DIFFAD_MODEL} ({shipped.config.ae_steps} steps); "
+          f"next phase: {method.phase}")
+else:
+    result = train(method, data, tcfg, progress=PROFILE != "ci")
+    rec = [h["loss_rec"] for h in result.history]
+    print(f"{result.seconds:.0f} s; L1 {np.mean(rec[:10]):.3f} -> {np.mean(rec[-10:]):.3f}; "
+          f"next phase: {method.phase}")
 
 # %% [markdown]
 # Reconstructions of *test* images and the four latent channels. The latent is a small image:
@@ -264,6 +280,10 @@ diffad = models["DiffAD (official recipe)"]
 with torch.no_grad(), diffad.using(sample_condition="noisy_fixed"):
     rows["DiffAD, noisy_fixed sampling"] = copy_measures(diffad.reconstruct(x).sample, x,
                                                           test.masks, test.cleans)
+if shipped is not None:   # the whole ci schedule, for scale: many more denoiser steps
+    with torch.no_grad():
+        rows[f"shipped DiffAD ({shipped.config.denoiser_steps} steps)"] = copy_measures(
+            shipped.reconstruct(x).sample, x, test.masks, test.cleans)
 print(f"{'':>29} {'copy PSNR':>9} {'copy PSNR':>12} {'context':>8} {'repair':>7}   (dB)")
 print(f"{'':>29} {'(region)':>9} {'(masked img)':>12}")
 for label, r in rows.items():
@@ -307,6 +327,10 @@ show_images(grid, ncols=len(show), size=1.7,
 # brick edge fades differently from a scratch).
 
 # %%
+if shipped is not None:   # sections 4-5 use the fully trained model when there is one
+    diffad = shipped.eval()
+print("sections 4-5 use", f"the shipped {DIFFAD_MODEL}" if shipped is not None
+      else "the official-recipe model of section 3")
 i = show[-1]
 with torch.no_grad():
     parts = diffad.reconstruct(x[i:i + 1])       # x_r in .sample, latents and x_inter in .extras
@@ -329,8 +353,8 @@ show_images([*err, test.masks[i, 0]], ["|x - x_r|", "|x - x_inter|", "ground tru
 #
 # To ask what x_inter adds, retraining the whole model without it would change the autoencoder
 # and the denoiser too (other seeds, other reconstructions), and their change would be mixed
-# into the answer. So we keep *one* trained autoencoder and denoiser — the official-recipe model
-# above — and train only fresh segmenters on its reconstructions, with 9 channels
+# into the answer. So we keep *one* trained autoencoder and denoiser — the shipped model's (or,
+# without one, the official-recipe model above) — and train only fresh segmenters on its reconstructions, with 9 channels
 # (x_r, x_inter, x) or 6 (x_r, x), for several seeds (`DiffAD.segmenter_variant`). With the
 # same seed both arms see the same batches, synthetic anomalies and reconstructions, so each
 # seed is a paired comparison; both arms are scored on the same test reconstructions (normal

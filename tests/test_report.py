@@ -65,3 +65,38 @@ def test_every_test_the_readme_guarantees_cite_exists():
                     f"README cites {current.name}::{name}, which does not exist"
                 cited += 1
     assert cited >= 15
+
+
+def test_demo_results_render_side_by_side_with_goals_met_or_not(tmp_path):
+    def model(method, cat, auroc, **extra):
+        return {"method": method, "category": f"builtin:{cat}", "model": f"{method}-{cat}",
+                "image_auroc": auroc, "pixel_auroc": 0.96, "aupro": 0.91, "pixel_ap": 0.5,
+                "fps_batch1": 9.0, **extra}
+
+    quality = {"psnr_db": 21.5, "wiener_psnr_db_t200": 20.0, "channel_spread": 0.02,
+               "input_channel_spread": 0.0}
+    rows = [model("diffusionad", "brick", 0.99, **quality),
+            {**model("diffusionad", "grass", 0.95), **quality, "psnr_db": 20.4},
+            model("draem", "brick", 0.80),
+            {"method": "diffusionad", "category": "mean", "image_auroc": 0.97,
+             "pixel_auroc": 0.96, "aupro": 0.91, "pixel_ap": 0.5, "fps_batch1": 9.0},
+            {"method": "draem", "category": "mean", "image_auroc": 0.80, "pixel_auroc": 0.96,
+             "aupro": 0.91, "pixel_ap": 0.5, "fps_batch1": 9.0}]
+    write_tables(rows, tmp_path, stem="demo", kind="demo")
+    text = published_table("demo", tmp_path)
+    lines = text.splitlines()
+
+    def goal(method, what):
+        return next(line for line in lines if line.startswith(f"| {method} | {what}"))
+
+    # 0.97 >= 0.97 is met; pixel AP 0.5 < 0.70 is not; DDAD has no model: nothing measured
+    assert goal("diffusionad", "image AUROC (mean)").endswith("| 97.0 | yes |")
+    assert goal("diffusionad", "pixel AP (mean)").endswith("| 50.0 | **no** |")
+    assert goal("ddad", "image AUROC (mean)").endswith("| — | — |")
+    # margins +1.50 dB (met) and +0.40 dB (not); spread 0.02 > 0.015 (not met)
+    assert goal("diffusionad", "PSNR - Wiener PSNR, builtin:brick").endswith("| +1.50 dB | yes |")
+    assert goal("diffusionad", "PSNR - Wiener PSNR, builtin:grass").endswith("| +0.40 dB | **no** |")
+    assert goal("diffusionad", "channel spread, builtin:brick").endswith("| 0.0200 | **no** |")
+    # the side-by-side table has one row per method, DRAEM included
+    side = text[text.index("side by side"):text.index("Every model")]
+    assert "| draem | 80.0 |" in side and "| diffusionad | 97.0 |" in side

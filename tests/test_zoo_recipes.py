@@ -34,3 +34,16 @@ def test_unknown_method_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="no zoo recipe"):
         zoo_command("patchcore", "brick")
+
+
+def test_benchmark_uses_a_shipped_model_only_for_variants_within_its_recipe():
+    from dap.experiments import _within, variants
+
+    recipes = zoo_recipes()
+    # the plain row of every method is its zoo recipe (DDAD's domain adaptation and DiffAD's
+    # phase lengths are part of it) ...
+    for name in recipes:
+        assert _within(variants(name)[name], recipes[name]), name
+    # ... rows that change training do not get the shipped model
+    assert not _within(variants("glad")["glad no-ATP"], recipes["glad"])
+    assert not _within(variants("diffad")["diffad clean-cond"], recipes["diffad"])
