@@ -7,7 +7,8 @@ import torch
 
 from dap.analysis import RepairSweep, remaining_fraction, repair_errors, residual_fraction
 from dap.analysis.iterative import IterativeSweep
-from dap.analysis.verdicts import norm_guidance_verdict, observation_one, observation_two
+from dap.analysis.verdicts import (norm_guidance_across, norm_guidance_verdict, observation_one,
+                                   observation_two)
 
 
 def _sweep(ddpm_median: list[float], ts=(50, 200, 400, 600), seconds_ddpm=None) -> IterativeSweep:
@@ -117,3 +118,24 @@ def test_residual_fraction_does_not_call_a_uniformly_bad_reconstruction_repaired
     sweep = RepairSweep(np.array([100]), np.array([[inside]]), np.array([[outside]]),
                         np.array([strength]))
     assert sweep.residual == pytest.approx(sweep.remaining + outside / strength)
+
+
+def test_norm_guidance_across_categories_means_gains_with_their_standard_error():
+    ws = [0.0, 1.0]
+
+    def cat(i0, i1, p0, p1):
+        return ws, {"image_auroc": np.array([i0, i1]), "pixel_auroc": np.array([p0, p1]),
+                    "pixel_ap": np.array([0.5, 0.5])}, 30, 30
+
+    # image AUROC gains +0.02, +0.04, +0.06: mean 0.04, sd 0.02, SE 0.02 / sqrt(3)
+    v = norm_guidance_across({"a": cat(0.80, 0.82, 0.9, 0.8), "b": cat(0.80, 0.84, 0.9, 0.8),
+                              "c": cat(0.80, 0.86, 0.9, 0.8)})
+    assert v.facts["mean_gain"]["image_auroc"] == pytest.approx(0.04)
+    assert v.facts["sem_gain"]["image_auroc"] == pytest.approx(0.02 / np.sqrt(3))
+    assert v.facts["mean_gain"]["pixel_auroc"] == pytest.approx(-0.1)
+    assert v.verdict == "partly agrees"        # image AUROC up; pixel AUROC down; AP flat
+    # gains +0.01, -0.01: mean 0 < SE -> not measurable
+    v = norm_guidance_across({"a": cat(0.8, 0.81, 0.8, 0.7), "b": cat(0.8, 0.79, 0.8, 0.7)})
+    assert v.verdict.startswith("does not agree") and "not measurable" in v.verdict
+    with pytest.raises(ValueError, match="two categories"):
+        norm_guidance_across({"a": cat(0.8, 0.9, 0.8, 0.9)})

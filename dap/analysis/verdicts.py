@@ -171,4 +171,52 @@ def norm_guidance_verdict(ws: Sequence[float], metrics: Mapping[str, np.ndarray]
     return Verdict("norm guidance (w = 1 vs w = 0)", verdict, facts, tuple(lines))
 
 
-__all__ = ["VERDICTS", "Verdict", "observation_one", "observation_two", "norm_guidance_verdict"]
+def norm_guidance_across(results: Mapping[str, tuple[Sequence[float], Mapping[str, np.ndarray],
+                                                     int, int]],
+                         names: Sequence[str] = ("image_auroc", "pixel_auroc", "pixel_ap")
+                         ) -> Verdict:
+    """Norm guidance (w = 1) against w = 0 on several categories, with standard errors.
+
+    ``results``: category -> (ws, metrics, n_defective, n_normal), one
+    :func:`norm_guidance_verdict` input per category (each its own model and test set).
+
+    Per category the gain of each metric, w = 1 minus w = 0, and the Hanley-McNeil standard
+    error of the image AUROC at w = 1. Over the C categories the mean gain and its standard
+    error from the spread of the categories' gains, sd / sqrt(C) (sample sd, C - 1 in the
+    denominator). Rule: ``agrees`` when the mean gain is positive on all of ``names``,
+    ``partly agrees`` on some, ``does not agree`` on none; when the mean image AUROC gain is
+    smaller than its standard error, the verdict says it is not measurable here.
+    """
+    if len(results) < 2:
+        raise ValueError(f"need at least two categories, got {list(results)}")
+    gains: dict[str, list[float]] = {k: [] for k in names}
+    lines = [f"{'category':>10}  " + "  ".join(f"{k + ' w=0 -> w=1':>26}" for k in names)
+             + "  image AUROC SE"]
+    for cat, (ws, metrics, n_def, n_norm) in results.items():
+        ws = [float(w) for w in ws]
+        if 0.0 not in ws or 1.0 not in ws:
+            raise ValueError(f"{cat}: the w grid must contain 0 and 1, got {ws}")
+        i0, i1 = ws.index(0.0), ws.index(1.0)
+        cells = []
+        for k in names:
+            g = float(metrics[k][i1] - metrics[k][i0])
+            gains[k].append(g)
+            cells.append(f"{metrics[k][i0]:.3f} -> {metrics[k][i1]:.3f} ({g:+.3f})")
+        se = auroc_standard_error(metrics["image_auroc"][i1], n_def, n_norm) \
+            if "image_auroc" in metrics else float("nan")
+        lines.append(f"{cat:>10}  " + "  ".join(f"{c:>26}" for c in cells) + f"  {se:.3f}")
+    c = len(results)
+    # mean gain over categories and its standard error sd / sqrt(C)
+    mean = {k: float(np.mean(v)) for k, v in gains.items()}
+    sem = {k: float(np.std(v, ddof=1) / np.sqrt(c)) for k, v in gains.items()}
+    lines.append(f"{'mean':>10}  " + "  ".join(f"{f'gain {mean[k]:+.3f} +- {sem[k]:.3f}':>26}"
+                                              for k in names))
+    verdict = _grade([mean[k] > 0 for k in names])
+    if "image_auroc" in mean and abs(mean["image_auroc"]) < sem["image_auroc"]:
+        verdict += " (the mean image AUROC gain is below its standard error: not measurable here)"
+    return Verdict(f"norm guidance (w = 1 vs w = 0) on {c} categories", verdict,
+                   {"gains": gains, "mean_gain": mean, "sem_gain": sem}, tuple(lines))
+
+
+__all__ = ["VERDICTS", "Verdict", "observation_one", "observation_two", "norm_guidance_verdict",
+           "norm_guidance_across"]
