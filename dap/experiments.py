@@ -258,8 +258,8 @@ def demo(out_dir: str | Path = "runs/demo", retrain: bool = False, profile: str 
     paths = write_tables(rows + means, out, stem="results", kind="demo")
     report = [
         "# dap demo: every shipped method on the built-in benchmark\n",
-        "Test split of the built-in offline benchmark (real scikit-image textures, defects drawn by "
-        "generators unlike the training synthesis). Metrics in percent; AUPRO integrates to "
+        "Test split of the built-in offline benchmark (real scikit-image textures, defects drawn "
+        "by generators unlike the training synthesis). Metrics in percent; AUPRO integrates to "
         "FPR 0.3; pixel AP is the step-sum (scikit-learn) definition. Checkpoints were selected "
         "on the validation split (normal images + synthetic anomalies), never on the test split. "
         "FPS: batch-1 predictions per second on this machine "
@@ -599,8 +599,9 @@ def zoo_recipes() -> dict[str, Variant]:
 
     DiffusionAD: the shipped recipe of the study (:func:`recipe_variants`; its defaults follow
     the study: summed noise loss, [-1, 1] input; EMA did not pay at the study's 400 steps, so
-    it is off until measured at this budget), for ``ZOO_STEPS`` steps. DDAD, GLAD and DRAEM: the same optimiser settings and budget (DDAD
-    with its benchmark's domain adaptation). DiffAD: its three phases at the ``ci`` lengths.
+    it is off), for ``ZOO_STEPS`` steps. DDAD, GLAD and DRAEM: the same optimiser settings and
+    budget (DDAD with its benchmark's domain adaptation). DiffAD: its three phases at the
+    ``ci`` lengths (400 + 800 + 300 steps).
     Every model is selected on validation (DiffAD: its last step, see
     :func:`_diffad_ci_training`) and exported with a float16 check (:func:`dap.zoo.export`).
     """

@@ -243,8 +243,14 @@ def demo_markdown(data: dict[str, Any]) -> str:
     rows = data["rows"]
     means = [r for r in rows if r.get("category") == "mean"]
     models = [r for r in rows if r.get("category") != "mean"]
-    out = ["**The methods side by side** (mean of the categories):\n",
-           results_markdown(means, title_cols=("method",)),
+    side = [[r["method"], *(_pct(r.get(k)) for k in METRIC_KEYS), _num(r.get("fps_batch1")),
+             "—" if r.get("train_seconds") is None else f"{r['train_seconds'] / 60:.0f}"]
+            for r in means]
+    out = ["**The methods side by side** (mean of the categories; training: minutes per model "
+           "on a 2-core CPU, one thread per job, two jobs at a time, the machine shared with other "
+           "work):\n",
+           _md_table(["method", *(HEADERS[k] for k in METRIC_KEYS), HEADERS["fps_batch1"],
+                      "training (min)"], side),
            "\n**Every model:**\n", results_markdown(models, title_cols=("method", "category"))]
     recon = [r for r in models if r.get("psnr_db") is not None]
     if recon:
