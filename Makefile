@@ -1,5 +1,5 @@
 # dap — one entry point for set-up, the main job and the tests.
-#   make demo      the main job: evaluate the shipped DiffusionAD models -> runs/demo/report.md
+#   make demo      the main job: evaluate every shipped model, side by side -> runs/demo/report.md
 #   make test      unit tests + jupytext pairing check + every notebook (DAP_PROFILE=ci)
 #   make test-browser  every notebook run in JupyterLab in a headless Chromium (Playwright):
 #                  no stderr, a figure wherever a cell plots, sliders redraw; screenshots in

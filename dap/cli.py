@@ -293,8 +293,9 @@ def run_evaluate(args) -> int:
 
 def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="evaluate the shipped models -> runs/demo/report.md",
-                       description="Evaluate the shipped DiffusionAD models on the built-in "
-                                   "benchmark and write runs/demo/report.md.")
+                       description="Evaluate every shipped model (each method on each built-in "
+                                   "category) on the built-in benchmark and write "
+                                   "runs/demo/report.md: the methods side by side and the goals.")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--retrain", action="store_true", help="train the models from scratch first")
     _common(p, data=False)
@@ -355,9 +356,9 @@ def run_ablation(args) -> int:
 def add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="side-by-side table of every method",
                        description="The side-by-side table: every method (and its ablation "
-                                   "variants) on the same data and metrics. Models come from the "
-                                   "zoo when shipped, else are trained here and selected on "
-                                   "validation.")
+                                   "variants) on the same data and metrics. A row whose model is "
+                                   "shipped loads it; every other model is trained here with its "
+                                   "method's zoo recipe and selected on validation.")
     p.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
     p.add_argument("--data", nargs="*", default=["builtin:brick", "builtin:grass", "builtin:gravel"])
     p.add_argument("--out", default="runs/benchmark")

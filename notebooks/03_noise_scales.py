@@ -267,30 +267,30 @@ for thr in (0.25, 0.5, 0.75):  # how much the repair steps depend on the thresho
         for name, g in groups.items()))
 
 # %% [markdown]
-# **Interpretation** (written from a `ci` and a `cpu`-profile run: the same 30 defects in
-# every profile; `cpu` only makes the grid of t finer).
+# **Interpretation** (written from a `cpu`-profile run with the shipped brick model of the
+# 1,500-step zoo: the same 30 defects in every profile; `cpu` only makes the grid of t finer).
 #
 # - **The direction of Observation II holds for the defect itself.** At t_s = 200 the small
-#   defects' excess is gone (remaining about 0 %), while about a fifth of each large defect is
-#   still there (remaining ~ 20 %); at t_b = 400 that is down to ~ 5 %. Large defects need more
-#   noise to be *erased*, as the paper says.
+#   defects' excess is gone (remaining about -1 %), while about a fifth of each large defect is
+#   still there (remaining ~ +22 %); at t_b = 400 that is down to ~ +5 %. Large defects need
+#   more noise to be *erased*, as the paper says.
 # - **Counting the price changes the answer for large defects.** The residual adds the ordinary
-#   reconstruction error, and that error grows steeply with t (the fidelity error roughly
-#   triples from 200 to 400). Small defects are repaired (median residual <= 50 %) from the
-#   smallest t of the grid. Large ones only just get there, at t = 150 on the `cpu` grid
-#   (never on the coarser `ci` grid, which has no t between 100 and 200): their residual is
-#   about 50 % at t_s and *higher* at t_b, because what the extra noise removes of the defect
-#   it loses in texture. The error inside the mask is lowest around t = 200 for both groups.
-#   So the rule says *partly*: the ordering is the paper's, the steps are not.
+#   reconstruction error, and that error grows steeply with t (the fidelity error outside the
+#   defects goes from 0.058 at t = 200 to 0.145 at t = 400, 2.5 times). Small defects are
+#   repaired (median residual <= 50 %) from the smallest t of the grid (25); large ones from
+#   t = 100. Their residual is 36 % at t_s and *higher*, 40 %, at t_b: what the extra noise
+#   removes of the defect it loses in texture. The error inside the mask is lowest at t = 200
+#   for small defects and t = 150 for large ones. So the rule says *partly*: the ordering is
+#   the paper's, the steps are not.
 # - **Why the definition matters.** With the remaining fraction alone (the excess), a
 #   reconstruction from t = 600 looks like the best repair of all, although it has lost most of
 #   the texture; the residual does not reward that. Negative remaining values (small defects at
 #   t_b) mean the defect region came out better than its surroundings: small holes and stains
 #   are flat, and flat regions are the easiest thing to reconstruct.
-# - Caveats: one texture, 30 synthetic defects, a small 64 px model whose one-step estimates
-#   carry colour speckle (notebook 02), so its ordinary error is high; "large" means 1.4-25 %
+# - Caveats: one texture, 30 synthetic defects, a small 64 px model; "large" means 1.4-25 %
 #   of the image, smaller than many real semantic defects. The three threshold lines show how
-#   much the repair steps depend on the 50 % we fixed.
+#   much the repair steps depend on the 50 % we fixed (below 25 % no large defect is ever
+#   repaired on this grid).
 #
 # ## Summary
 #

@@ -372,25 +372,23 @@ for name, r in (("GLAD", res), ("no SAFF", res_plain), ("fixed step", res_fixed)
     print(f"{name:>11}: {metrics(r)}")
 
 # %% [markdown]
-# Under `ci` these numbers come from a borrowed denoiser trained without ATP on 60 test images:
-# read them as a demonstration of the pipeline, not as results. The side-by-side table of every
-# variant comes from GLAD's rows in the benchmark (`dap.experiments.variants("glad")`), written
-# by
+# These are one category's 60 test images, with the model the notebook loaded above (the
+# shipped GLAD model when the checkout has one). The side-by-side table of every variant on all
+# three categories comes from GLAD's rows in the README's benchmark
+# (`dap.experiments.variants("glad")`), written by
 #
 # ```
-# TRAIN="steps=800 lr=0.001 lr_schedule=cosine warmup_steps=50 val_every=200 batch_size=8"
-# python -m dap benchmark --methods glad --profile ci --out runs/benchmark-glad-800 \
-#     --train-set $TRAIN --variants glad "glad fixed-step" "glad no-SAFF" "glad no-ATP"
+# python -m dap benchmark --out runs/benchmark --variants diffusionad draem ddad ddad+DA glad \
+#     "glad fixed-step" "glad no-SAFF" diffad "diffad noisy-fixed"
 # ```
 #
-# GLAD and GLAD without ATP each trained from scratch (64 px `ci` denoiser, 800 steps of batch
-# 8, the budget of the shipped DiffusionAD models), selected and *calibrated* on the validation
-# split; fixed step and no SAFF reuse the GLAD model. The table is rendered from its results
-# file; none is shown where no file backs it. Per category, differences of a point or two are
-# within the noise of 60 test images.
+# GLAD's row loads the shipped models (64 px `ci` denoiser trained with ATP, the zoo budget),
+# selected and *calibrated* on the validation split; fixed step and no SAFF reuse them. The
+# table is rendered from its results file; nothing is shown where no file backs it. Per
+# category, differences of a point or two are within the noise of 60 test images.
 
 # %%
-Markdown(dap.report.published_table("benchmark-glad"))
+Markdown(dap.report.published_table("benchmark"))
 
 # %% [markdown]
 # ## 7. A better denoiser: GLAD on DiffusionAD's shipped model
