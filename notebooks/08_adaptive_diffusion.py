@@ -391,14 +391,17 @@ for name, r in (("GLAD", res), ("no SAFF", res_plain), ("fixed step", res_fixed)
 Markdown(dap.report.published_table("benchmark"))
 
 # %% [markdown]
-# ## 7. A better denoiser: GLAD on DiffusionAD's shipped model
+# ## 7. Another denoiser: GLAD on DiffusionAD's shipped model
 #
-# A model trained for minutes is a weak denoiser, and GLAD's stop can only be as good as the
-# repair it watches. DiffusionAD's shipped denoiser for the same category (64 px, trained
-# without ATP) repairs better. Loaded into a GLAD model of matching config and calibrated on the
-# **validation split only**, does GLAD behave as designed — do defective images stop earlier in
-# the run (at larger t) than normal ones, and do the scores separate them? Computed here, on the
-# spot (under `ci` this is the model of sections 3-6).
+# GLAD's stop can only be as good as the repair it watches. DiffusionAD's shipped denoiser for
+# the same category has the same size and training budget as the shipped GLAD model, but was
+# trained without ATP (plain noise prediction on normal images, jointly with a segmentation
+# network). Loaded into a GLAD model of matching config and calibrated on the **validation
+# split only**, does GLAD's machinery still behave as designed — do defective images stop
+# earlier in the run (at larger t) than normal ones, and do the scores separate them? Set
+# beside section 6, it says how much of GLAD's result comes from ATP's training and how much
+# from its inference. Computed here, on the spot (when no GLAD model is shipped, this is the
+# model of sections 3-6).
 
 # %%
 if BORROWED:
