@@ -378,8 +378,9 @@ for name, r in (("GLAD", res), ("no SAFF", res_plain), ("fixed step", res_fixed)
 # (`dap.experiments.variants("glad")`), written by
 #
 # ```
-# python -m dap benchmark --out runs/benchmark --variants diffusionad draem ddad ddad+DA glad \
-#     "glad fixed-step" "glad no-SAFF" diffad "diffad noisy-fixed"
+# python -m dap benchmark --methods diffusionad draem ddad glad diffad --out runs/benchmark \
+#     --variants diffusionad draem ddad ddad+DA glad "glad fixed-step" "glad no-SAFF" diffad \
+#     "diffad noisy-fixed"
 # ```
 #
 # GLAD's row loads the shipped models (64 px `ci` denoiser trained with ATP, the zoo budget),

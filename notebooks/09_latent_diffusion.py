@@ -383,9 +383,9 @@ show_images([*inputs, *[m for v in ablation.examples.values() for m in v],
             suptitle="input | " + " | ".join(ablation.examples) + " | ground truth");
 
 # %% [markdown]
-# The benchmark table (`python -m dap benchmark --methods diffad`, every category, the full
-# `ci` schedule of 400 autoencoder + 800 denoiser + 300 segmenter steps) is rendered from its
-# results file — no number here is typed by hand:
+# The README's benchmark table (its command is there; every category, DiffAD's rows on the
+# shipped models of the full `ci` schedule of 400 autoencoder + 800 denoiser + 300 segmenter
+# steps) is rendered from its results file — no number here is typed by hand:
 
 # %%
 Markdown(dap.report.published_table("benchmark"))
