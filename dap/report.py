@@ -248,16 +248,16 @@ def demo_markdown(data: dict[str, Any]) -> str:
             for r in means]
     out = ["**The methods side by side** (mean of the categories; training: minutes per model "
            "on a 2-core CPU, one thread per job, two jobs at a time, the machine shared with other "
-           "work):\n",
+           "work):\n\n",
            _md_table(["method", *(HEADERS[k] for k in METRIC_KEYS), HEADERS["fps_batch1"],
                       "training (min)"], side),
-           "\n**Every model:**\n", results_markdown(models, title_cols=("method", "category"))]
+           "\n**Every model:**\n\n", results_markdown(models, title_cols=("method", "category"))]
     recon = [r for r in models if r.get("psnr_db") is not None]
     if recon:
         out += ["\n**Reconstructions of the normal test images** (PSNR in dB, [-1, 1] units; "
                 "Wiener: the linear least-squares estimate of x_0 from x_200, fitted on the "
                 "training images; channel spread: mean absolute deviation of a pixel's three "
-                "channels from their mean; the inputs' own spread in the last column):\n",
+                "channels from their mean; the inputs' own spread in the last column):\n\n",
                 _md_table(["method", "category", "PSNR", "Wiener PSNR from x_200", "margin",
                            "channel spread", "inputs' spread"],
                           [[r["method"], r["category"], f"{r['psnr_db']:.2f}",
@@ -283,7 +283,7 @@ def demo_markdown(data: dict[str, Any]) -> str:
         goal_rows.append([r["method"], f"channel spread, {r['category']}",
                           f"<= {RECONSTRUCTION_GOALS['channel_spread']}",
                           f"{r['channel_spread']:.4f}", "yes" if ok else "**no**"])
-    out += ["\n**The goals** (test split; met or not, as measured):\n",
+    out += ["\n**The goals** (test split; met or not, as measured):\n\n",
             _md_table(["method", "goal", "target", "measured", "met"], goal_rows)]
     return "".join(out)
 

@@ -100,7 +100,8 @@ def export(method: AnomalyMethod, name: str, provenance: dict[str, Any],
     """Write ``method`` as zoo model ``name`` (weights + provenance JSON), atomically.
 
     Weights are stored in float16 — unless ``score`` (a validation scorer) is given and the
-    rounding moves a validation metric by more than :data:`FP16_LIMIT_POINTS`; then in float32.
+    rounding moves a validation metric by more than :data:`FP16_LIMIT_POINTS`; then in float32
+    — and the file is xz-compressed (:func:`dap.engine.checkpoint.save_checkpoint`).
     The check's numbers go into the provenance (``fp16_check``). ``name`` is a name, never a
     path (:func:`check_name`); an existing model of that name is replaced only with ``force``.
     """
@@ -117,6 +118,6 @@ def export(method: AnomalyMethod, name: str, provenance: dict[str, Any],
         half = check["fp16_ok"]
         provenance["fp16_check"] = check
     provenance["weights_dtype"] = "float16" if half else "float32"
-    save_checkpoint(pt, model_payload(method, half=half))
+    save_checkpoint(pt, model_payload(method, half=half), compress=True)
     atomic_write_text(js, json.dumps(provenance, indent=2, default=str))
     return pt, js

@@ -81,3 +81,22 @@ def test_metrics_files_and_missing_files_keep_the_published_table(tables, tmp_pa
     (tmp_path / "demo.json").write_text(json.dumps({"rows": [{"method": "a", "image_auroc": 0.5}],
                                                     "made_by": MADE_BY}))
     assert tables.table("demo", tmp_path) == published_table("demo", tmp_path)
+
+
+def test_zoo_validation_curves_are_read_from_the_runs_and_rendered(tables, tmp_path):
+    spec = importlib.util.spec_from_file_location("zoo_curves", ROOT / "tools" / "zoo_curves.py")
+    curves = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curves)
+    run = tmp_path / "zoo" / "diffusionad-grass"
+    run.mkdir(parents=True)
+    (run / "history.json").write_text(json.dumps({
+        "history": [], "best": {"step": 500},
+        "validations": [{"step": 250, "val_mean": 0.5}, {"step": 500, "val_mean": 0.75}]}))
+    out = tmp_path / "zoo-validation.json"
+    assert curves.main(["--runs", str(tmp_path / "zoo"), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["kind"] == "zoo-validation" and len(data["rows"]) == 1
+    assert "| diffusionad | grass | 50.0 | 75.0 | 500 |" in tables.RENDERERS["zoo-validation"](data)
+    # nothing trained: a clear error, no file
+    assert curves.main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")]) == 1
+    assert not (tmp_path / "x.json").exists()

@@ -90,3 +90,14 @@ def test_cli_export_records_the_check(tmp_path, monkeypatch, capsys):
     check = info["fp16_check"]
     assert set(check["metrics_fp32"]) >= {"val_image_auroc", "val_pixel_auroc"}
     assert info["weights_dtype"] == ("float16" if check["fp16_ok"] else "float32")
+
+
+def test_exported_weights_are_compressed_and_load_exactly(method, tmp_path):
+    from dap.engine.checkpoint import model_payload, save_checkpoint
+
+    pt, _ = zoo.export(method, "packed", {"method": "diffusionad"}, tmp_path)
+    assert pt.read_bytes()[:6] == b"\xfd7zXZ\x00"                  # an xz stream
+    plain = save_checkpoint(tmp_path / "plain.pt", model_payload(method, half=True))
+    assert pt.stat().st_size < plain.stat().st_size
+    a, b = load_checkpoint(pt)["model"], load_checkpoint(plain)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

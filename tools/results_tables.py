@@ -174,9 +174,23 @@ def demo_paths_table(data: dict[str, Any]) -> str:
         f"\nTest split, percent, means over inference seeds {data['seeds']}.\n")
 
 
+def zoo_validation_table(data: dict[str, Any]) -> str:
+    """Per shipped model: its mean validation metric at each validation step (percent)."""
+    steps = sorted({s for r in data["rows"] for s in r["steps"]})
+    rows = []
+    for r in data["rows"]:
+        at = dict(zip(r["steps"], r["val_mean"]))
+        rows.append([r["method"], r["category"],
+                     *(f"{100 * at[s]:.1f}" if s in at else "—" for s in steps),
+                     str(r.get("selected_step", "—"))])
+    return _md(["method", "category", *(f"step {s}" for s in steps), "selected"], rows) + (
+        "\nMean of image AUROC, pixel AUROC, pixel AP and AUPRO on the validation split "
+        "(normal images + synthetic anomalies), percent.\n")
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "speed": speed_table, "memory": memory_table, "bf16-vs-fp32": bf16_table,
-    "demo-paths": demo_paths_table}
+    "demo-paths": demo_paths_table, "zoo-validation": zoo_validation_table}
 
 
 def table(name: str, results_dir: str | Path | None = None) -> str:
