@@ -1,9 +1,9 @@
 """DiffAD's "direct copy" measure for the benchmark's models, DiffusionAD beside them.
 
 For each built-in category, the defective test images are reconstructed by the shipped DiffusionAD
-model and by every DiffAD model that ``python -m dap benchmark --methods diffad`` trained under
-the given output folders (the ``diffad`` model also sampled with the official alternative
-condition, ``noisy_fixed``); the table gives, in dB, means over categories of per-image means:
+and DiffAD models and by every DiffAD model that ``python -m dap benchmark --methods diffad``
+trained under the given output folders (each ``diffad`` model also sampled with the official
+alternative condition, ``noisy_fixed``); the table gives, in dB, means over categories of per-image means:
 
 - copy PSNR over the defect's pixels (``copy_psnr_region``; lower = less of the defect copied),
 - copy PSNR of the masked images over the whole image (``copy_psnr_masked_image``, the same
@@ -17,8 +17,7 @@ formula; only the masked-image column is on that scale, and the table prints the
 on their own line, never in a column of dap's. Writes ``copy-psnr.{md,csv,json}`` (the JSON is
 a results file with its provenance, :func:`dap.report.write_tables`).
 
-    python tools/copy_table.py runs/benchmark-diffad runs/benchmark-diffad-ablation \
-        --out runs/copy-psnr
+    python tools/copy_table.py runs/benchmark-diffad-ablation --out runs/copy-psnr
 """
 
 from __future__ import annotations
@@ -46,8 +45,14 @@ HEADINGS = {"copy_psnr_region": "copy PSNR, defect pixels", "copy_psnr_masked_im
 
 
 def models_for(category: str, dirs: list[Path]) -> dict[str, torch.nn.Module]:
-    """The shipped DiffusionAD model and every DiffAD model found under ``dirs`` for a category."""
+    """The shipped DiffusionAD and DiffAD models (the latter also sampled with the official
+    alternative condition) and every DiffAD model found under ``dirs`` for a category."""
     found = {"diffusionad (shipped)": zoo.load(f"diffusionad-builtin-{category}")}
+    if f"diffad-builtin-{category}" in zoo.available():
+        found["diffad (shipped)"] = zoo.load(f"diffad-builtin-{category}")
+        noisy = copy.deepcopy(found["diffad (shipped)"])
+        noisy.config = replace(noisy.config, sample_condition="noisy_fixed")
+        found["diffad noisy-fixed (shipped)"] = noisy
     for root in dirs:
         for ckpt in sorted((root / "train").glob(f"*-builtin-{category}/last.pt")):
             label = ckpt.parent.name[: -len(f"-builtin-{category}")]
