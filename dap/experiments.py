@@ -404,7 +404,8 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
     A shipped model named ``<method>-<dataset>-<category>`` is used for a variant whose own
     settings are part of that method's zoo recipe (:func:`zoo_recipes`) when it exists
     (``use_zoo``). Everything else is trained here with the zoo recipe under the variant's own
-    settings (so every row of the table has the same budget) and selected on the validation
+    settings at the ``ci`` preset unless ``profile`` says otherwise (so every row of the table
+    has the same budget and size) and selected on the validation
     split. ``train_overrides`` (TrainConfig) apply to every model trained here, under each
     variant's own; giving them trains every model here. ``only``
     keeps only the rows with those labels (a variant that shares a model still trains it).
@@ -413,6 +414,8 @@ def benchmark(methods: Sequence[str], data: Sequence[str], out_dir: str | Path =
     """
     from dap import zoo
 
+    # the zoo recipes are the ci preset's (64 px): a model trained here matches the shipped ones
+    profile = profile or "ci"
     out = Path(out_dir)
     wanted = None if only is None else set(only)
     if wanted is not None:
