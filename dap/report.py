@@ -231,7 +231,8 @@ ZOO_GOALS: dict[str, dict[str, float]] = {
 RECONSTRUCTION_GOALS = {"psnr_margin_db": 1.0, "channel_spread": 0.015}
 
 
-def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of already formatted cells: the header ``head``, then ``rows``."""
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
@@ -249,7 +250,7 @@ def demo_markdown(data: dict[str, Any]) -> str:
     out = ["**The methods side by side** (mean of the categories; training: minutes per model "
            "on a 2-core CPU, one thread per job, two jobs at a time, the machine shared with other "
            "work):\n\n",
-           _md_table(["method", *(HEADERS[k] for k in METRIC_KEYS), HEADERS["fps_batch1"],
+           markdown_table(["method", *(HEADERS[k] for k in METRIC_KEYS), HEADERS["fps_batch1"],
                       "training (min)"], side),
            "\n**Every model:**\n\n", results_markdown(models, title_cols=("method", "category"))]
     recon = [r for r in models if r.get("psnr_db") is not None]
@@ -258,7 +259,7 @@ def demo_markdown(data: dict[str, Any]) -> str:
                 "Wiener: the linear least-squares estimate of x_0 from x_200, fitted on the "
                 "training images; channel spread: mean absolute deviation of a pixel's three "
                 "channels from their mean; the inputs' own spread in the last column):\n\n",
-                _md_table(["method", "category", "PSNR", "Wiener PSNR from x_200", "margin",
+                markdown_table(["method", "category", "PSNR", "Wiener PSNR from x_200", "margin",
                            "channel spread", "inputs' spread"],
                           [[r["method"], r["category"], f"{r['psnr_db']:.2f}",
                             f"{r['wiener_psnr_db_t200']:.2f}",
@@ -284,7 +285,7 @@ def demo_markdown(data: dict[str, Any]) -> str:
                           f"<= {RECONSTRUCTION_GOALS['channel_spread']}",
                           f"{r['channel_spread']:.4f}", "yes" if ok else "**no**"])
     out += ["\n**The goals** (test split; met or not, as measured):\n\n",
-            _md_table(["method", "goal", "target", "measured", "met"], goal_rows)]
+            markdown_table(["method", "goal", "target", "measured", "met"], goal_rows)]
     return "".join(out)
 
 
@@ -308,4 +309,4 @@ def result_blocks(text: str) -> list[str]:
 __all__ = ["PAPER_RESULTS", "METRIC_KEYS", "results_markdown", "mean_row", "write_tables",
            "provenance", "read_results", "read_rows", "RESULTS_DIR", "published_table",
            "render_results", "result_blocks", "example_figure", "made_by_line", "ZOO_GOALS",
-           "RECONSTRUCTION_GOALS", "demo_markdown"]
+           "RECONSTRUCTION_GOALS", "demo_markdown", "markdown_table"]

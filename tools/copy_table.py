@@ -47,20 +47,23 @@ HEADINGS = {"copy_psnr_region": "copy PSNR, defect pixels", "copy_psnr_masked_im
 def models_for(category: str, dirs: list[Path]) -> dict[str, torch.nn.Module]:
     """The shipped DiffusionAD and DiffAD models (the latter also sampled with the official
     alternative condition) and every DiffAD model found under ``dirs`` for a category."""
+    def with_noisy_fixed(label: str, model: torch.nn.Module, suffix: str = "") -> None:
+        # the same weights, also sampled with the official alternative condition
+        found[label + suffix] = model
+        noisy = copy.deepcopy(model)
+        noisy.config = replace(noisy.config, sample_condition="noisy_fixed")
+        found[f"{label} noisy-fixed{suffix}"] = noisy
+
     found = {"diffusionad (shipped)": zoo.load(f"diffusionad-builtin-{category}")}
     if f"diffad-builtin-{category}" in zoo.available():
-        found["diffad (shipped)"] = zoo.load(f"diffad-builtin-{category}")
-        noisy = copy.deepcopy(found["diffad (shipped)"])
-        noisy.config = replace(noisy.config, sample_condition="noisy_fixed")
-        found["diffad noisy-fixed (shipped)"] = noisy
+        with_noisy_fixed("diffad", zoo.load(f"diffad-builtin-{category}"), " (shipped)")
     for root in dirs:
         for ckpt in sorted((root / "train").glob(f"*-builtin-{category}/last.pt")):
             label = ckpt.parent.name[: -len(f"-builtin-{category}")]
-            found[label] = load_method(ckpt)
-            if label == "diffad":        # the same weights, sampled with the official alternative
-                noisy = copy.deepcopy(found[label])
-                noisy.config = replace(noisy.config, sample_condition="noisy_fixed")
-                found["diffad noisy-fixed"] = noisy
+            if label == "diffad":
+                with_noisy_fixed(label, load_method(ckpt))
+            else:
+                found[label] = load_method(ckpt)
     return found
 
 

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from dap.report import (RESULTS_DIR, made_by_line, published_table, read_results,
-                        render_results, result_blocks)
+from dap.report import (RESULTS_DIR, made_by_line, markdown_table, published_table,
+                        read_results, render_results, result_blocks)
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md"]
@@ -65,12 +65,6 @@ def notebook_times_table(results_dir: str | Path | None = None) -> str:
 # --------------------------------------------------------------------------------------------
 # Tables of the benchmark results files (``kind``)
 # --------------------------------------------------------------------------------------------
-def _md(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 SPEED_PARTS = {"denoiser": "denoiser forward + backward", "train": "joint training step",
                "predict": "inference (norm-guided x0_g + segmenter)"}
 SPEED_GOALS = {"train": 2.0, "predict": 2.5}
@@ -94,7 +88,7 @@ def speed_table(data: dict[str, Any]) -> str:
         goal = SPEED_GOALS.get(r["part"])
         row.append(f">= {goal:g}x" if goal else "")
         rows.append(row)
-    table = _md(head, rows)
+    table = markdown_table(head, rows)
     comp = [r for r in data["results"] if r.get("part") == "compile"]
     if comp:
         table += "\n" + "; ".join(
@@ -127,7 +121,7 @@ def memory_table(data: dict[str, Any]) -> str:
         r1 = by_b.get(1)
         cells.append(f"{r1['seconds']:.0f}" if r1 and not r1.get("killed") else "—")
         rows.append(cells)
-    return _md(head, rows) + (f"\nPreset `{data.get('preset')}`: peak resident memory of a fresh "
+    return markdown_table(head, rows) + (f"\nPreset `{data.get('preset')}`: peak resident memory of a fresh "
                               "process, one training step with the optimiser.\n")
 
 
@@ -150,7 +144,7 @@ def bf16_table(data: dict[str, Any]) -> str:
                  f"{b16['final_loss']:.4f}", f"{b16['final_loss'] - f32['final_loss']:+.4f}"])
     rows.append(["training", "wall time (s, 1 thread each, in parallel)",
                  f"{f32['seconds']:.0f}", f"{b16['seconds']:.0f}", ""])
-    return _md(["when", "metric", "fp32, plain path", "bf16, fast path", "bf16 - fp32"], rows) + (
+    return markdown_table(["when", "metric", "fp32, plain path", "bf16, fast path", "bf16 - fp32"], rows) + (
         f"\n`{data['data']}`, seed {data['seed']}, {data['steps']} steps, the last step's "
         "weights; percent.\n")
 
@@ -169,7 +163,7 @@ def demo_paths_table(data: dict[str, Any]) -> str:
             rows.append([m["model"], "FPS at batch 1", f"{p['fps_batch1']:.1f}",
                          f"{f['fps_batch1']:.1f}", f"{f['fps_batch1'] / p['fps_batch1']:.2f}x",
                          "", ""])
-    return _md(["model", "metric", "plain", "fast", "change", "noise (seed range)",
+    return markdown_table(["model", "metric", "plain", "fast", "change", "noise (seed range)",
                 "within noise"], rows) + (
         f"\nTest split, percent, means over inference seeds {data['seeds']}.\n")
 
@@ -183,7 +177,7 @@ def zoo_validation_table(data: dict[str, Any]) -> str:
         rows.append([r["method"], r["category"],
                      *(f"{100 * at[s]:.1f}" if s in at else "—" for s in steps),
                      str(r.get("selected_step", "—"))])
-    return _md(["method", "category", *(f"step {s}" for s in steps), "selected"], rows) + (
+    return markdown_table(["method", "category", *(f"step {s}" for s in steps), "selected"], rows) + (
         "\nMean of image AUROC, pixel AUROC, pixel AP and AUPRO on the validation split "
         "(normal images + synthetic anomalies), percent.\n")
 
