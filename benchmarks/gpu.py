@@ -19,6 +19,9 @@ paper: 23.5 FPS on an A100 at 256 px) and batched, plain vs fast.
     python benchmarks/gpu.py --configs bf16+ckpt bf16 --out runs/gpu.json
     python benchmarks/gpu.py --tiny                # CPU, ci preset, batch 2, 1 step (smoke test)
 
+With ``--out``, the results file (``kind: "gpu"``, rendered by ``tools/results_tables.py``) is
+rewritten after every row, atomically, so a run stopped at a time limit keeps what it measured.
+
 On the CPU, the peak column is the process's peak RSS so far (VmHWM), which only grows: use
 ``benchmarks/memory.py`` for per-configuration CPU memory.
 """
@@ -45,6 +48,7 @@ import torch  # noqa: E402
 
 from dap.methods import build_method  # noqa: E402
 from dap.methods.base import TrainBatch  # noqa: E402
+from dap.report import provenance  # noqa: E402
 
 ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt", "fp32+compile", "fp32+ckpt+compile",
                "bf16+compile", "bf16+ckpt+compile")
@@ -147,13 +151,14 @@ def train_row(base, config: str, batch: int, device: torch.device, warmup: int, 
     return row
 
 
-def inference_rows(base, device: torch.device, batched: int, reps: int, compile: bool
-                   ) -> list[dict]:
+INFER_PATHS = {"plain": ("plain fp32", "fp32"), "fast": ("fast", "bf16"),
+               "fast+compile": ("fast+compile", "bf16+compile")}
+
+
+def inference_rows(base, device: torch.device, batched: int, reps: int, paths: list[str],
+                   done=lambda row: None) -> list[dict]:
     rows = []
-    paths = [("plain fp32", "fp32"), ("fast", "bf16")]
-    if compile:
-        paths.append(("fast+compile", "bf16+compile"))
-    for name, config in paths:
+    for name, config in (INFER_PATHS[p] for p in paths):
         reset(device)
         method, dtype, fast = prepare(base, config, device)
         method.eval()
@@ -181,6 +186,7 @@ def inference_rows(base, device: torch.device, batched: int, reps: int, compile:
                 times.append(time.perf_counter() - t0)
             row[f"fps_batch{b}"] = b / statistics.median(times)
         rows.append(row)
+        done(row)
         del method
     reset(device)
     return rows
@@ -194,6 +200,9 @@ def main(argv=None) -> int:
     p.add_argument("--infer-batch", type=int, default=16, help="the batched inference size")
     p.add_argument("--configs", nargs="+", default=None, choices=ALL_CONFIGS,
                    help="default: all on CUDA; without +compile elsewhere")
+    p.add_argument("--inference", nargs="*", default=None, choices=list(INFER_PATHS),
+                   help="inference paths to time (default: plain fast, and fast+compile on "
+                        "CUDA; none: skip the inference part)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: cores)")
@@ -208,6 +217,9 @@ def main(argv=None) -> int:
     if args.configs is None:
         args.configs = list(ALL_CONFIGS) if device.type == "cuda" else \
             [c for c in ALL_CONFIGS if "+compile" not in c]
+    if args.inference is None:
+        args.inference = ["plain", "fast"] + (["fast+compile"] if device.type == "cuda"
+                                              and not args.tiny else [])
     threads = runtime.configure_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"gpu benchmark: preset {args.preset!r}, device {device} ({name}), torch "
@@ -223,12 +235,23 @@ def main(argv=None) -> int:
           flush=True)
     print(f"    {'config':20s} {'dtype':9s} {'img/s':>8s} {'peak GB':>8s} {'warm-up s':>9s}",
           flush=True)
-    train = []
+    train: list[dict] = []
+    infer: list[dict] = []
+
+    def save(_row=None) -> None:
+        if args.out:
+            write_results(args.out, {
+                "kind": "gpu", "device": name, "preset": args.preset, "batch": args.batch,
+                "infer_batch": args.infer_batch, "warmup": args.warmup, "reps": args.reps,
+                "torch": torch.__version__, "threads": threads["num_threads"],
+                "train": train, "inference": infer, "made_by": provenance()})
+
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         for config in args.configs:
             row = train_row(base, config, args.batch, device, args.warmup, args.reps)
             train.append(row)
+            save()
             if row.get("oom"):
                 print(f"    {config:20s} {row['dtype']:9s} out of memory", flush=True)
                 continue
@@ -242,20 +265,30 @@ def main(argv=None) -> int:
                 print(f"    {r['config']}: {r['img_per_s'] / ok['fp32']['img_per_s']:.2f}x the "
                       f"images/s of fp32, {r['peak_gb'] / ok['fp32']['peak_gb']:.2f}x its peak",
                       flush=True)
+    if not args.inference:
+        return 0
     print(f"[2] inference (predict: norm-guided x0_g + segmenter), FPS at batch 1 and "
           f"{args.infer_batch} (paper: {PAPER_FPS} FPS at batch 1 on an A100, 256 px)",
           flush=True)
-    infer = inference_rows(base, device, args.infer_batch, args.reps,
-                           compile=device.type == "cuda" and not args.tiny)
-    for r in infer:
+    def show(r: dict) -> None:
+        infer.append(r)
+        save()
         print(f"    {r['path']:14s} batch 1: {r['fps_batch1']:7.1f} FPS   batch "
               f"{args.infer_batch}: {r[f'fps_batch{args.infer_batch}']:7.1f} img/s", flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(
-            {"device": name, "preset": args.preset, "batch": args.batch, "train": train,
-             "inference": infer, "threads": threads["num_threads"]}, indent=1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        inference_rows(base, device, args.infer_batch, args.reps, args.inference, done=show)
     return 0
+
+
+def write_results(out: str | Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``out`` through a temporary file and a rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

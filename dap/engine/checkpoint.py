@@ -127,14 +127,20 @@ def dict_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def git_commit() -> str:
-    """The current git commit of the dap checkout, or 'unknown'."""
+    """The current git commit of the dap checkout, or 'unknown'.
+
+    A copy without its ``.git`` folder (a working tree sent to another machine) can name its
+    commit in ``$DAP_GIT_COMMIT``; git's answer, where there is one, wins.
+    """
+    import os
+
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        return out.stdout.strip() or os.environ.get("DAP_GIT_COMMIT") or "unknown"
     except Exception:  # noqa: BLE001 - no git is fine
-        return "unknown"
+        return os.environ.get("DAP_GIT_COMMIT") or "unknown"
 
 
 def dap_version() -> str:
