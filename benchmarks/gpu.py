@@ -4,8 +4,11 @@ The ``paper`` preset (131.7 M + 28.4 M parameters, 256 x 256) at the paper's bat
 training step = synthesis + ``method.forward`` + backward + AdamW step, in each of:
 
 * ``fp32``: the plain model (float32, contiguous, eager);
-* ``bf16``: :func:`dap.runtime.speed_up` (channels_last, fused attention) + bf16 autocast
+* ``bf16``: the fast path, :func:`dap.runtime.speed_up` with its defaults for the device
+  (on CUDA: contiguous NCHW tensors, native bf16 GroupNorm, fused attention) + bf16 autocast
   (fp16 + a gradient scaler on GPUs without native bf16, e.g. a T4) + fused AdamW;
+* ``+cl`` forces channels_last and ``+upcastgn`` the float32 GroupNorm (``bf16+cl+upcastgn``
+  is the CPU's fast path on a GPU): what each fast-path default buys there;
 * each with and without gradient checkpointing (``+ckpt``) and ``torch.compile``
   (``+compile``; falls back to eager with a warning where it cannot compile).
 
@@ -50,8 +53,9 @@ from dap.methods import build_method  # noqa: E402
 from dap.methods.base import TrainBatch  # noqa: E402
 from dap.report import provenance  # noqa: E402
 
-ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt", "fp32+compile", "fp32+ckpt+compile",
-               "bf16+compile", "bf16+ckpt+compile")
+ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt", "bf16+cl", "bf16+upcastgn",
+               "bf16+cl+upcastgn", "fp32+compile", "fp32+ckpt+compile", "bf16+compile",
+               "bf16+ckpt+compile")
 PAPER_FPS = 23.5  # Table VI/VII, VisA, A100, batch 1
 
 
@@ -93,7 +97,9 @@ def prepare(base, config: str, device: torch.device):
     fast = config.startswith("bf16")
     ckpt, comp = "+ckpt" in config, "+compile" in config
     if fast:
-        runtime.speed_up(method, gradient_checkpointing=ckpt, compile=comp)
+        runtime.speed_up(method, gradient_checkpointing=ckpt, compile=comp,
+                         channels_last=True if "+cl" in config else None,
+                         native_bf16_norm=False if "+upcastgn" in config else None)
         amp = "auto" if device.type == "cuda" else "bf16"
         dtype = runtime.autocast_dtype(device, amp)
     else:
@@ -113,7 +119,7 @@ def train_row(base, config: str, batch: int, device: torch.device, warmup: int, 
     opt = torch.optim.AdamW(method.parameters(), lr=1e-4, weight_decay=0.0, **kw)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     x = texture_batch(batch, method.image_size, device)
-    if fast:
+    if runtime.uses_channels_last(method):
         x = runtime.channels_last_input(x)
     method.train()
 
@@ -165,7 +171,7 @@ def inference_rows(base, device: torch.device, batched: int, reps: int, paths: l
         row = {"path": name}
         for b in (1, batched):
             x = texture_batch(b, method.image_size, device)
-            if fast:
+            if runtime.uses_channels_last(method):
                 x = runtime.channels_last_input(x)
 
             def run() -> None:
@@ -216,7 +222,7 @@ def main(argv=None) -> int:
         args.warmup, args.reps = 1, 1
     if args.configs is None:
         args.configs = list(ALL_CONFIGS) if device.type == "cuda" else \
-            [c for c in ALL_CONFIGS if "+compile" not in c]
+            ["fp32", "fp32+ckpt", "bf16", "bf16+ckpt"]
     if args.inference is None:
         args.inference = ["plain", "fast"] + (["fast+compile"] if device.type == "cuda"
                                               and not args.tiny else [])

@@ -242,6 +242,38 @@ def test_attention_backend_validation():
         runtime.set_attention_backend(den, "flash3")
 
 
+def test_group_norm_in_input_dtype_matches_float64():
+    """The CUDA bf16 GroupNorm (affine cast to bf16), run here on the CPU, against a float64
+    reference of GroupNorm (Wu & He 2018, eq. 1-2); gradients reach the float32 affine."""
+    from dap.models.denoiser import group_norm_in_input_dtype
+
+    gn = _randomise(GroupNorm32(8, 32))
+    x = torch.randn(4, 32, 16, 16)
+    xd = x.double().reshape(4, 8, -1)
+    ref = ((xd - xd.mean(-1, keepdim=True)) / torch.sqrt(xd.var(-1, unbiased=False,
+                                                                   keepdim=True) + gn.eps))
+    ref = ref.reshape(4, 32, 16, 16) * gn.weight.double()[:, None, None] + \
+        gn.bias.double()[:, None, None]
+    y = group_norm_in_input_dtype(gn, x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert _rel(y.double(), ref) < 1e-2
+    assert _rel(group_norm_in_input_dtype(gn, x).double(), ref) < 1e-6  # float32: exact path
+    y.float().sum().backward()
+    assert gn.weight.grad is not None and gn.weight.grad.dtype == torch.float32
+
+
+def test_speed_up_chooses_layout_by_device():
+    """channels_last where it pays (the CPU); uses_channels_last reports what was chosen."""
+    seg = SegmentationUNet(segmenter_config("ci"))
+    assert not runtime.uses_channels_last(seg)
+    runtime.speed_up(seg, conv_weight_grad_threads=None)  # on the CPU: channels_last
+    assert runtime.channels_last_pays("cpu") and runtime.uses_channels_last(seg)
+    assert not runtime.channels_last_pays("cuda")
+    seg2 = SegmentationUNet(segmenter_config("ci"))
+    runtime.speed_up(seg2, channels_last=False, conv_weight_grad_threads=None)
+    assert not runtime.uses_channels_last(seg2)
+
+
 def test_native_bf16_groupnorm():
     gn = _randomise(GroupNorm32(8, 32))
     x = torch.randn(4, 32, 16, 16)

@@ -56,7 +56,7 @@ def _predict_context(method: AnomalyMethod, device: torch.device, amp: str, plai
     dtype = runtime.setup(method, device, amp, plain)
     if plain:
         return torch.no_grad, False
-    return (lambda: runtime.inference(device, dtype)), True
+    return (lambda: runtime.inference(device, dtype)), runtime.uses_channels_last(method)
 
 
 def evaluate(method: AnomalyMethod, dataset, batch_size: int = 16,

@@ -53,7 +53,8 @@ class TrainConfig:
     ``benchmarks/memory.py``, documented in the README's "Speed and memory"): ``amp``:
     ``auto`` = bf16 autocast where the device computes bf16 natively (a CPU with AMX /
     AVX-512 BF16, detected; a GPU of compute capability >= 8), float16 with a gradient scaler
-    on an older GPU, float32 elsewhere; ``off`` = float32. ``channels_last`` and ``compile``
+    on an older GPU, float32 elsewhere; ``off`` = float32. ``channels_last`` (None: where it
+    pays, :func:`dap.runtime.channels_last_pays`: on the CPU, not on CUDA) and ``compile``
     are fast-path options; ``plain=True`` (or ``DAP_PLAIN=1``) trains on the plain path:
     float32, contiguous, eager, PyTorch's default attention and Adam (the official code's
     recipe). ``gradient_checkpointing`` recomputes the U-Nets' activations in the backward
@@ -74,7 +75,7 @@ class TrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    channels_last: bool | None = None
     compile: bool = False
     gradient_checkpointing: bool = False
     plain: bool = False
@@ -372,7 +373,7 @@ def train(
     amp_dtype = runtime.setup(method, device, cfg.amp, plain, channels_last=cfg.channels_last,
                               compile=cfg.compile,
                               gradient_checkpointing=cfg.gradient_checkpointing)
-    channels_last = cfg.channels_last and not plain
+    channels_last = not plain and runtime.uses_channels_last(method)
     groups = method.param_groups(cfg.lr, cfg.lr_segmenter)
     if cfg.weight_decay and any("weight_decay" in g for g in groups):
         raise ConfigError(f"{method.name} sets the weight decay of its own parameter groups (see "

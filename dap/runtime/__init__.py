@@ -48,9 +48,10 @@ from dap.runtime.fastpath import PLAIN_ENV, plain_requested, resolve_plain, setu
 from dap.runtime.optim import limit_step_threads, optimizer_kwargs, optimizer_threads
 from dap.runtime.precision import (AMP_CHOICES, BF16_CPU_FLAGS, autocast, autocast_dtype,
                                    cpu_supports_bf16, cuda_supports_bf16, inference)
-from dap.runtime.speedups import (channels_last_input, networks, set_attention_backend,
-                                  set_conv_weight_grad_threads, set_native_bf16_norm, speed_up,
-                                  to_channels_last)
+from dap.runtime.speedups import (channels_last_input, channels_last_pays, networks,
+                                  set_attention_backend, set_conv_weight_grad_threads,
+                                  set_native_bf16_norm, speed_up, to_channels_last,
+                                  uses_channels_last)
 from dap.runtime.threads import (busy_cores, configure_threads, num_threads, physical_cores,
                                  set_wait_policy, set_wait_policy_quiet)
 
@@ -58,7 +59,8 @@ __all__ = [
     "AMP_CHOICES", "BF16_CPU_FLAGS", "set_wait_policy", "set_wait_policy_quiet",
     "physical_cores", "busy_cores", "configure_threads", "num_threads",
     "cpu_supports_bf16", "cuda_supports_bf16", "autocast_dtype", "autocast", "inference",
-    "to_channels_last", "channels_last_input", "set_attention_backend", "set_native_bf16_norm",
+    "to_channels_last", "channels_last_pays", "uses_channels_last", "channels_last_input",
+    "set_attention_backend", "set_native_bf16_norm",
     "set_conv_weight_grad_threads", "enable_gradient_checkpointing", "networks", "speed_up",
     "compile_unavailable_reason", "maybe_compile", "is_compiled",
     "optimizer_kwargs", "optimizer_threads", "limit_step_threads",

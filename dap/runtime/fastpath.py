@@ -49,7 +49,7 @@ def resolve_plain(plain: bool | None) -> bool:
 
 
 def setup(module: "nn.Module", device: "torch.device | str", amp: str = "auto",
-          plain: bool | None = None, *, channels_last: bool = True, compile: bool = False,
+          plain: bool | None = None, *, channels_last: bool | None = None, compile: bool = False,
           gradient_checkpointing: bool = False) -> "torch.dtype | None":
     """Put ``module`` on the fast (or plain) path for ``device``; return the autocast dtype.
 
@@ -61,7 +61,9 @@ def setup(module: "nn.Module", device: "torch.device | str", amp: str = "auto",
     plain : bool or None
         True: the plain path; None: :func:`plain_requested`.
     channels_last, compile
-        Fast-path options (:func:`speed_up`); ``compile`` on the plain path is an error.
+        Fast-path options (:func:`speed_up`; ``channels_last=None``: where it pays on
+        ``device``); ``compile`` on the plain path is an error. Whether inputs should then go
+        channels_last: :func:`uses_channels_last`.
     gradient_checkpointing : bool
         Memory, not speed: allowed on both paths (it recomputes, the numbers stay the same).
 

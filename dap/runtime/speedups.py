@@ -28,6 +28,31 @@ def to_channels_last(module: "nn.Module") -> "nn.Module":
     return module.to(memory_format=torch.channels_last)
 
 
+def channels_last_pays(device: "torch.device | str") -> bool:
+    """Whether channels_last is part of the fast path on ``device``: on the CPU, not on CUDA.
+
+    On the CPU oneDNN's NHWC convolutions made the ``ci`` and ``cpu`` training steps faster
+    (``benchmarks/speed.py --ablate``). On CUDA (an H200, the ``paper`` preset at batch 16,
+    bf16 autocast) the contiguous layout trained 1.33x faster than channels_last and inferred
+    1.33x faster at batch 16: PyTorch's CUDA GroupNorm has no NHWC kernel, so every norm of
+    the U-Nets copies its input to NCHW and back (``benchmarks/gpu.py --configs bf16 bf16+cl``,
+    results/gpu.json).
+    """
+    import torch
+
+    return torch.device(device).type == "cpu"
+
+
+def uses_channels_last(module: "nn.Module") -> bool:
+    """Whether ``module``'s first 4-D weight is stored channels_last (inputs should follow)."""
+    import torch
+
+    for p in module.parameters():
+        if p.ndim == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
 def channels_last_input(x: "torch.Tensor") -> "torch.Tensor":
     """``x`` in channels_last memory format if it is a 4-D image batch, else ``x``."""
     import torch
@@ -54,7 +79,7 @@ def set_attention_backend(module: "nn.Module", backend: str = "fused") -> int:
 
 
 def set_native_bf16_norm(module: "nn.Module", enabled: bool = True) -> int:
-    """Normalise bf16 activations with the native mixed-precision GroupNorm (CPU) or not.
+    """Normalise bf16 activations with a native bf16 GroupNorm kernel, or upcast to float32.
 
     See :class:`dap.models.denoiser.GroupNorm32` (``upcast``). Returns the number of norms.
     """
@@ -193,7 +218,8 @@ def networks(module: "nn.Module") -> list["nn.Module"]:
     return [m for m in module.modules() if isinstance(m, kinds)]
 
 
-def speed_up(module: "nn.Module", *, channels_last: bool = True, attention: str | None = "fused",
+def speed_up(module: "nn.Module", *, channels_last: bool | None = None,
+             attention: str | None = "fused",
              native_bf16_norm: bool | None = None, conv_weight_grad_threads: int | None | str
              = "auto", gradient_checkpointing: bool = False, compile: bool = False,
              compile_options: dict[str, Any] | None = None) -> "nn.Module":
@@ -208,12 +234,14 @@ def speed_up(module: "nn.Module", *, channels_last: bool = True, attention: str 
 
     Parameters
     ----------
-    channels_last : bool
-        :func:`to_channels_last` (NHWC weights; oneDNN's and cuDNN's fast layout).
+    channels_last : bool or None
+        :func:`to_channels_last` (NHWC weights); None = where it pays on the device the
+        module is on (:func:`channels_last_pays`: the CPU). Feed inputs in the module's layout
+        (:func:`uses_channels_last`, :func:`channels_last_input`).
     attention : str or None
         :func:`set_attention_backend` (``"fused"``: PyTorch's flash kernel); None keeps it.
     native_bf16_norm : bool or None
-        :func:`set_native_bf16_norm`; None = on where the CPU has native bf16.
+        :func:`set_native_bf16_norm`; None = on CUDA, and on a CPU with native bf16.
     conv_weight_grad_threads : int, None or "auto"
         :func:`set_conv_weight_grad_threads`; ``"auto"`` = 1 where the CPU has native bf16
         and the networks are not compiled; None leaves the convolutions alone.
@@ -223,12 +251,16 @@ def speed_up(module: "nn.Module", *, channels_last: bool = True, attention: str 
         :func:`maybe_compile` each dap network inside ``module`` (not the method's Python
         logic: the anomaly synthesis stays eager).
     """
+    device = next((p.device for p in module.parameters()), None)
+    on_cpu = device is None or device.type == "cpu"
+    if channels_last is None:
+        channels_last = on_cpu
     if channels_last:
         to_channels_last(module)
     if attention is not None:
         set_attention_backend(module, attention)
     if native_bf16_norm is None:
-        native_bf16_norm = cpu_supports_bf16()
+        native_bf16_norm = cpu_supports_bf16() if on_cpu else device.type == "cuda"
     set_native_bf16_norm(module, native_bf16_norm)
     if conv_weight_grad_threads == "auto":
         conv_weight_grad_threads = 1 if cpu_supports_bf16() and not compile else None
@@ -243,5 +275,5 @@ def speed_up(module: "nn.Module", *, channels_last: bool = True, attention: str 
 
 
 
-__all__ = ["to_channels_last", "channels_last_input", "set_attention_backend",
+__all__ = ["to_channels_last", "channels_last_pays", "uses_channels_last", "channels_last_input", "set_attention_backend",
            "set_native_bf16_norm", "set_conv_weight_grad_threads", "networks", "speed_up"]
