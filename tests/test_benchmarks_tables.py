@@ -100,3 +100,22 @@ def test_zoo_validation_curves_are_read_from_the_runs_and_rendered(tables, tmp_p
     # nothing trained: a clear error, no file
     assert curves.main(["--runs", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")]) == 1
     assert not (tmp_path / "x.json").exists()
+
+
+def test_gpu_table(tables, tmp_path):
+    train = [{"config": "fp32", "batch": 16, "img_per_s": 27.0, "peak_gb": 86.0, "warmup_s": 3.0,
+              "compiled": None},
+             {"config": "bf16+ckpt", "batch": 16, "img_per_s": 30.0, "peak_gb": 18.6,
+              "warmup_s": 1.0, "compiled": None},
+             {"config": "bf16+ckpt+compile", "batch": 16, "img_per_s": 20.0, "peak_gb": 21.0,
+              "warmup_s": 50.0, "compiled": False},
+             {"config": "bf16+compile", "batch": 16, "oom": True}]
+    infer = [{"path": "fast", "fps_batch1": 27.9, "fps_batch16": 109.2}]
+    _write(tmp_path, "gpu", {"kind": "gpu", "device": "NVIDIA H200", "preset": "paper",
+                             "batch": 16, "infer_batch": 16, "warmup": 2, "reps": 5,
+                             "torch": "2.11", "train": train, "inference": infer})
+    out = tables.table("gpu", tmp_path)
+    assert "| `bf16+ckpt` | bf16 fast path + checkpointing | 30.0 | 1.11x | 18.6 |  |" in out
+    assert "| fell back to eager |" in out and "| `bf16+compile` |" in out
+    assert "out of memory" in out
+    assert "| fast | 27.9 | 109.2 |" in out and "NVIDIA H200" in out

@@ -6,7 +6,7 @@
 Every ``<!-- results: NAME -->`` ... ``<!-- /results -->`` block of README.md is replaced by
 :func:`dap.report.published_table` of ``results/NAME.json`` (a metrics table), or, for the
 benchmark files that carry a ``kind`` (``speed``, ``memory``, ``bf16-vs-fp32``,
-``demo-paths``: written by ``benchmarks/*.py --out``), by that kind's table below: measured
+``demo-paths``, ``zoo-validation``, ``gpu``: written by ``benchmarks/*.py --out``), by that kind's table below: measured
 numbers are never typed by hand. A results file is what a command wrote (``write_tables``), copied verbatim, e.g.
 ``cp runs/demo/results.json results/demo.json``; its ``made_by`` record says how it was made.
 """
@@ -182,7 +182,41 @@ def zoo_validation_table(data: dict[str, Any]) -> str:
         "(normal images + synthetic anomalies), percent.\n")
 
 
+GPU_CONFIG_WORDS = {"fp32": "float32, plain", "bf16": "bf16 fast path", "ckpt": "checkpointing",
+                    "compile": "torch.compile", "cl": "channels_last",
+                    "upcastgn": "float32 GroupNorm"}
+
+
+def gpu_table(data: dict[str, Any]) -> str:
+    """benchmarks/gpu.py: training img/s and peak memory per configuration, then inference."""
+    base = next((r for r in data["train"] if r["config"] == "fp32" and not r.get("oom")), None)
+    rows = []
+    for r in data["train"]:
+        words = " + ".join(GPU_CONFIG_WORDS.get(w, w) for w in r["config"].split("+"))
+        if r.get("oom"):
+            rows.append([f"`{r['config']}`", words, "out of memory", "", "", ""])
+            continue
+        note = "fell back to eager" if r.get("compiled") is False else             f"{r['warmup_s']:.0f}" if r.get("compiled") else ""
+        rows.append([f"`{r['config']}`", words, f"{r['img_per_s']:.1f}",
+                     f"{r['img_per_s'] / base['img_per_s']:.2f}x" if base else "",
+                     f"{r['peak_gb']:.1f}", note])
+    out = ""
+    if rows:
+        out = markdown_table(["config", "what", f"train img/s (batch {data['batch']})",
+                              "vs fp32", "peak GB", "compile: warm-up s"], rows)
+    if data.get("inference"):
+        b = data.get("infer_batch", data["batch"])
+        irows = [[r["path"], f"{r['fps_batch1']:.1f}", f"{r[f'fps_batch{b}']:.1f}"]
+                 for r in data["inference"]]
+        out += ("\n" if out else "") + markdown_table(
+            ["inference path", "FPS at batch 1", f"images/s at batch {b}"], irows)
+    return out + (f"\n`{data['preset']}` preset, {data['device']}, torch {data['torch']}; "
+                  f"{data['warmup']} warm-up + median of {data['reps']} timed steps; peak = "
+                  "`torch.cuda.max_memory_allocated`.\n")
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "gpu": gpu_table,
     "speed": speed_table, "memory": memory_table, "bf16-vs-fp32": bf16_table,
     "demo-paths": demo_paths_table, "zoo-validation": zoo_validation_table}
 

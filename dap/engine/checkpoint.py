@@ -127,20 +127,24 @@ def dict_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def git_commit() -> str:
-    """The current git commit of the dap checkout, or 'unknown'.
+    """The git commit of the dap code that runs: ``$DAP_GIT_COMMIT`` if set, else git's HEAD of
+    the dap checkout, else 'unknown'.
 
-    A copy without its ``.git`` folder (a working tree sent to another machine) can name its
-    commit in ``$DAP_GIT_COMMIT``; git's answer, where there is one, wins.
+    The variable is for a copy of the code sent to another machine (a lent GPU): there a
+    ``.git`` folder, if any, may be older than the working tree that travelled with it, and
+    its HEAD would name the wrong commit.
     """
     import os
 
+    if os.environ.get("DAP_GIT_COMMIT"):
+        return os.environ["DAP_GIT_COMMIT"]
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=5)
-        return out.stdout.strip() or os.environ.get("DAP_GIT_COMMIT") or "unknown"
+        return out.stdout.strip() or "unknown"
     except Exception:  # noqa: BLE001 - no git is fine
-        return os.environ.get("DAP_GIT_COMMIT") or "unknown"
+        return "unknown"
 
 
 def dap_version() -> str:

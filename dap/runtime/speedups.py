@@ -33,10 +33,10 @@ def channels_last_pays(device: "torch.device | str") -> bool:
 
     On the CPU oneDNN's NHWC convolutions made the ``ci`` and ``cpu`` training steps faster
     (``benchmarks/speed.py --ablate``). On CUDA (an H200, the ``paper`` preset at batch 16,
-    bf16 autocast) the contiguous layout trained 1.33x faster than channels_last and inferred
-    1.33x faster at batch 16: PyTorch's CUDA GroupNorm has no NHWC kernel, so every norm of
-    the U-Nets copies its input to NCHW and back (``benchmarks/gpu.py --configs bf16 bf16+cl``,
-    results/gpu.json).
+    bf16 autocast) the contiguous layout trained 1.35x faster than channels_last
+    (results/gpu.json row ``bf16`` against results/gpu-ablation.json row ``bf16+cl``):
+    PyTorch's CUDA GroupNorm has no NHWC kernel, so every norm of the U-Nets copies its input
+    to NCHW and back.
     """
     import torch
 
