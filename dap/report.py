@@ -64,12 +64,18 @@ def results_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] = ME
     """A Markdown table of ``rows`` (metrics as fractions, shown in percent).
 
     ``paper``: the paper's numbers (percent) for the same dataset, printed as a last row marked
-    "paper", never mixed into our averages.
+    "paper", never mixed into our averages. A row with ``<metric>_std`` (the standard deviation
+    over seeds) shows it as "mean ± std".
     """
     head = list(title_cols) + [HEADERS.get(c, c.replace("_", " ")) for c in [*columns, *extra]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def metric(r: dict[str, Any], c: str) -> str:
+        std = r.get(f"{c}_std")
+        return _pct(r.get(c)) + (f" ± {100 * std:.1f}" if isinstance(std, (int, float)) else "")
+
     for r in rows:
-        cells = [str(r.get(c, "")) for c in title_cols] + [_pct(r.get(c)) for c in columns]
+        cells = [str(r.get(c, "")) for c in title_cols] + [metric(r, c) for c in columns]
         cells += [_num(r.get(c)) for c in extra]
         lines.append("| " + " | ".join(cells) + " |")
     if paper:

@@ -25,6 +25,13 @@ def test_write_tables_then_publish_round_trip(tmp_path):
     assert "_From `results/demo.json`, written by" in table
 
 
+def test_seed_standard_deviations_are_shown(tmp_path):
+    rows = [{"method": "m", "category": "c", "image_auroc": 0.85, "image_auroc_std": 0.0123,
+             "pixel_auroc": 0.9}]
+    write_tables(rows, tmp_path, stem="seeds")
+    assert "| m | c | 85.0 ± 1.2 | 90.0 | — | — |" in published_table("seeds", tmp_path)
+
+
 def test_blocks_are_replaced_and_missing_files_say_so(tmp_path):
     write_tables([{"method": "a", "image_auroc": 0.5}], tmp_path, stem="one")
     text = ("intro\n<!-- results: one -->\nstale 99.9\n<!-- /results -->\nmiddle\n"
