@@ -108,6 +108,14 @@ def test_resume_with_another_config_is_a_clear_error(tmp_path):
         train(TinyMethod(), _data(), _cfg(lr=1e-3), tmp_path, progress=False)
 
 
+def test_resume_ignores_the_memory_layout(tmp_path):
+    """channels_last (now None = by device) changes rounding only: a run saved with an explicit
+    layout resumes under the default."""
+    train(TinyMethod(), _data(), _cfg(channels_last=True), tmp_path, stop_after=4, progress=False)
+    rest = train(TinyMethod(), _data(), _cfg(), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 8 and len(rest.history) == 8
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "none.pt")

@@ -401,7 +401,10 @@ def train(
     if out is not None and resume and (out / "last.pt").exists():
         ckpt = load_checkpoint(out / "last.pt", map_location=device)
         check_same_config(ckpt, method.name, config, out / "last.pt")
-        if ckpt["train_config"] != to_dict(cfg):
+        # the memory layout changes float rounding only (like the device): a run started before
+        # channels_last became device-dependent (None) resumes with the new default
+        layout_free = lambda d: {k: v for k, v in d.items() if k != "channels_last"}  # noqa: E731
+        if layout_free(ckpt["train_config"]) != layout_free(to_dict(cfg)):
             raise ConfigError(f"{out / 'last.pt'} was made with another TrainConfig; use a new "
                               "output directory or the same settings to resume")
         before, now = (ckpt.get("extra") or {}).get("data"), (extra or {}).get("data")
