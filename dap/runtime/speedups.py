@@ -44,12 +44,18 @@ def channels_last_pays(device: "torch.device | str") -> bool:
 
 
 def uses_channels_last(module: "nn.Module") -> bool:
-    """Whether ``module``'s first 4-D weight is stored channels_last (inputs should follow)."""
+    """Whether ``module``'s 4-D weights are stored channels_last (inputs should follow).
+
+    Decided by the first 4-D weight whose two layouts differ: a 1 x 1 kernel of one input
+    channel is both contiguous and channels_last, so it says nothing.
+    """
     import torch
 
     for p in module.parameters():
         if p.ndim == 4:
-            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            nhwc = p.is_contiguous(memory_format=torch.channels_last)
+            if nhwc != p.is_contiguous():
+                return nhwc
     return False
 
 
