@@ -467,6 +467,36 @@ def test_maybe_compile_really_compiles_a_small_module():
     assert runtime.is_compiled(m)           # compiled and not fallen back
 
 
+@pytest.mark.slow
+def test_segmenter_compiles_with_gradient_checkpointing():
+    """Under torch.compile the segmenter's checkpoint drops the BatchNorm-freezing context that
+    dynamo cannot trace; it compiles (no fallback), matches eager without checkpointing, and
+    updates the running statistics once."""
+    if runtime.compile_unavailable_reason("cpu"):
+        pytest.skip("no compiler")
+    import copy
+
+    torch.manual_seed(0)
+    ref = SegmentationUNet(segmenter_config("ci")).train()
+    net = copy.deepcopy(ref).enable_gradient_checkpointing()
+    messages: list[str] = []
+    runtime.maybe_compile(net, warn=messages.append)
+    x = torch.randn(2, 6, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        y = net(x)
+        y.square().mean().backward()
+    assert runtime.is_compiled(net) and not messages, messages
+    y0 = ref(x)
+    y0.square().mean().backward()
+    torch.testing.assert_close(y, y0, rtol=1e-4, atol=1e-4)
+    for a, b in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
+    bufs = dict(net.named_buffers())
+    for name, b in ref.named_buffers():
+        torch.testing.assert_close(bufs[name], b, rtol=1e-5, atol=1e-6)  # updated once
+
+
 # --------------------------------------------------------------------------------------------
 # gradient checkpointing
 # --------------------------------------------------------------------------------------------

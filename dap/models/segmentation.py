@@ -244,6 +244,11 @@ class SegmentationUNet(nn.Module):
         def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
             return contextlib.nullcontext(), _frozen_batchnorm_stats(module)
 
+        if torch.compiler.is_compiling():
+            # torch.compile traces the checkpoint as one graph and recomputes only its pure
+            # operations, so the running statistics are updated once without the context (which
+            # dynamo cannot trace)
+            return checkpoint(module, *args, use_reentrant=False)
         return checkpoint(module, *args, use_reentrant=False, context_fn=contexts)
 
     def predict_mask(self, x: Tensor) -> Tensor:
