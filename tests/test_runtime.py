@@ -275,6 +275,9 @@ def test_speed_up_chooses_layout_by_device():
     # a first weight whose layouts coincide (1 x 1 kernel, one input channel) decides nothing
     net = runtime.to_channels_last(nn.Sequential(nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 3)))
     assert runtime.uses_channels_last(net)
+    # set up again where channels_last does not pay: the layout follows
+    runtime.speed_up(seg, channels_last=False, conv_weight_grad_threads=None)
+    assert not runtime.uses_channels_last(seg)
 
 
 def test_native_bf16_groupnorm():

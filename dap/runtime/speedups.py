@@ -242,8 +242,9 @@ def speed_up(module: "nn.Module", *, channels_last: bool | None = None,
     ----------
     channels_last : bool or None
         :func:`to_channels_last` (NHWC weights); None = where it pays on the device the
-        module is on (:func:`channels_last_pays`: the CPU). Feed inputs in the module's layout
-        (:func:`uses_channels_last`, :func:`channels_last_input`).
+        module is on (:func:`channels_last_pays`: the CPU). False makes NHWC weights
+        contiguous again. Feed inputs in the module's layout (:func:`uses_channels_last`,
+        :func:`channels_last_input`).
     attention : str or None
         :func:`set_attention_backend` (``"fused"``: PyTorch's flash kernel); None keeps it.
     native_bf16_norm : bool or None
@@ -263,6 +264,10 @@ def speed_up(module: "nn.Module", *, channels_last: bool | None = None,
         channels_last = on_cpu
     if channels_last:
         to_channels_last(module)
+    elif uses_channels_last(module):  # e.g. set up on the CPU before, now on a GPU
+        import torch
+
+        module.to(memory_format=torch.contiguous_format)
     if attention is not None:
         set_attention_backend(module, attention)
     if native_bf16_norm is None:
