@@ -51,6 +51,7 @@ import torch  # noqa: E402
 
 from dap.methods import build_method  # noqa: E402
 from dap.methods.base import TrainBatch  # noqa: E402
+from dap.io import atomic_write_text  # noqa: E402
 from dap.report import provenance  # noqa: E402
 
 ALL_CONFIGS = ("fp32", "fp32+ckpt", "bf16", "bf16+ckpt", "bf16+cl", "bf16+upcastgn",
@@ -246,11 +247,12 @@ def main(argv=None) -> int:
 
     def save(_row=None) -> None:
         if args.out:
-            write_results(args.out, {
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.out, json.dumps({
                 "kind": "gpu", "device": name, "preset": args.preset, "batch": args.batch,
                 "infer_batch": args.infer_batch, "warmup": args.warmup, "reps": args.reps,
                 "torch": torch.__version__, "threads": threads["num_threads"],
-                "train": train, "inference": infer, "made_by": provenance()})
+                "train": train, "inference": infer, "made_by": provenance()}, indent=1))
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -287,14 +289,6 @@ def main(argv=None) -> int:
         inference_rows(base, device, args.infer_batch, args.reps, args.inference, done=show)
     return 0
 
-
-def write_results(out: str | Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``out`` through a temporary file and a rename."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(out)
 
 
 if __name__ == "__main__":
