@@ -261,7 +261,7 @@ def speed_up(module: "nn.Module", *, channels_last: bool | None = None,
     device = next((p.device for p in module.parameters()), None)
     on_cpu = device is None or device.type == "cpu"
     if channels_last is None:
-        channels_last = on_cpu
+        channels_last = channels_last_pays(device or "cpu")
     if channels_last:
         to_channels_last(module)
     elif uses_channels_last(module):  # e.g. set up on the CPU before, now on a GPU
