@@ -45,6 +45,14 @@ def test_synthesis_benchmark_quick():
     assert "cuda:" in out or "(cuda," in out, out  # the GPU figure, or its skip line
 
 
+def test_cpu_kernels_benchmark_quick():
+    out = run_quick("cpu_kernels.py")
+    assert "--- preset 'ci'" in out and "picked (infer / train)" in out, out
+    assert re.search(r"infer: picked routes [\d.]+ ms vs always native [\d.]+ ms -> ratio", out), out
+    assert re.search(r"train: picked routes [\d.]+ ms vs always float32", out), out
+    assert "time-embedding add" in out, out
+
+
 def test_speed_benchmark_quick(tmp_path):
     out = run_quick("speed.py", flags=("--quick", "--out", str(tmp_path / "speed.json")))
     for line in ("[1] denoiser fwd+bwd, 64 px", "[2] training step", "[3] inference"):

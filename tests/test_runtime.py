@@ -290,12 +290,87 @@ def test_native_bf16_groupnorm():
         y = gn(x.bfloat16())
     assert y.dtype == torch.bfloat16
     assert _rel(y, ref) < 2e-2
-    # channels_last while recording gradients: takes the float32 path (faster backward)
+    # channels_last while recording gradients, 4 channels per group: the NCHW route
     xc = x.bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     y2 = gn(xc)
     assert y2.dtype == torch.bfloat16 and _rel(y2.detach(), ref) < 2e-2
+    assert y2.is_contiguous(memory_format=torch.channels_last)
     y2.float().sum().backward()
-    assert xc.grad is not None
+    assert xc.grad is not None and xc.grad.is_contiguous(memory_format=torch.channels_last)
+
+
+def _group_norm_float64(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                        eps: float) -> torch.Tensor:
+    """GroupNorm (Wu & He 2018, eqs. 1-2) written out in float64: per sample and group,
+    (x - mean) / sqrt(var + eps) with the biased variance, then the per-channel affine."""
+    b, c, h, w = x.shape
+    xg = x.double().reshape(b, groups, -1)
+    xhat = (xg - xg.mean(-1, keepdim=True)) / torch.sqrt(xg.var(-1, unbiased=False,
+                                                                 keepdim=True) + eps)
+    return xhat.reshape(b, c, h, w) * weight.double()[:, None, None] + bias.double()[:, None, None]
+
+
+@pytest.mark.parametrize("channels", [16, 48])
+def test_nchw_group_norm_matches_float64(channels):
+    """NCHWGroupNorm (the CPU route for channels_last bf16 with few channels per group):
+    output and all three gradients against autograd through a float64 GroupNorm."""
+    from dap.models.denoiser import NCHWGroupNorm
+
+    torch.manual_seed(0)
+    x = (torch.randn(3, channels, 12, 10) * 2 + 0.5).bfloat16()
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = (torch.rand(channels) + 0.5).requires_grad_(True)
+    b = torch.randn(channels).requires_grad_(True)
+    up = torch.randn(x.shape).bfloat16().double()  # the upstream gradient arrives in bf16
+    y = NCHWGroupNorm.apply(x, w, b, 8, 1e-5)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    (y.double() * up).sum().backward()
+    x64 = x.detach().double().requires_grad_(True)
+    w64, b64 = w.detach().double().requires_grad_(True), b.detach().double().requires_grad_(True)
+    ref = _group_norm_float64(x64, 8, w64, b64, 1e-5)
+    (ref * up).sum().backward()
+    assert _rel(y.double(), ref.detach()) < 1e-2            # bf16 output rounding
+    assert _rel(x.grad.double(), x64.grad) < 1e-2           # bf16 input gradient
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert w.grad.dtype == torch.float32 and _rel(w.grad.double(), w64.grad) < 1e-3
+    assert _rel(b.grad.double(), b64.grad) < 1e-4
+
+
+def test_cpu_bf16_norm_route():
+    """The measured choice of kernel (dap.models.denoiser.cpu_bf16_norm_route)."""
+    from dap.models.denoiser import cpu_bf16_norm_route
+
+    def cl(c, s):
+        return torch.empty(2, c, s, s, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last)
+
+    assert cpu_bf16_norm_route(torch.empty(2, 16, 8, 8, dtype=torch.bfloat16), 8, True) == "native"
+    assert cpu_bf16_norm_route(cl(16, 64), 8, grad=True) == "nchw"      # 2 per group
+    assert cpu_bf16_norm_route(cl(64, 16), 8, grad=True) == "float32"   # 8 per group
+    assert cpu_bf16_norm_route(cl(64, 16), 8, grad=False) == "float32"  # < 1024 pixels
+    assert cpu_bf16_norm_route(cl(64, 32), 8, grad=False) == "native"
+    assert cpu_bf16_norm_route(cl(128, 16), 8, grad=False) == "native"  # 16 per group
+
+
+def test_add_per_channel_is_the_broadcast_add():
+    """ResBlock's time-embedding add: the row-wise route gives h + bias exactly, with the same
+    gradient for h and, up to bf16 summation order, for the bias."""
+    from dap.models.denoiser import add_per_channel
+
+    torch.manual_seed(0)
+    for dtype, c in ((torch.bfloat16, 16), (torch.float32, 8), (torch.bfloat16, 64)):
+        h = torch.randn(3, c, 6, 5, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        h.requires_grad_(True)
+        bias = torch.randn(3, c, 1, 1, dtype=dtype, requires_grad=True)
+        out = add_per_channel(h, bias)
+        ref = h + bias
+        assert torch.equal(out, ref) and out.is_contiguous(memory_format=torch.channels_last)
+        g = torch.randn_like(ref)
+        got = torch.autograd.grad(out, (h, bias), g)
+        want = torch.autograd.grad(ref, (h, bias), g)
+        assert torch.equal(got[0], want[0])
+        exact = (g.double().sum((2, 3), keepdim=True))
+        assert _rel(got[1].double(), exact) < 1e-2
 
 
 def _pair(preset: str = "ci"):
