@@ -216,16 +216,23 @@ def test_to_channels_last_keeps_state_dict():
     assert runtime.channels_last_input(torch.randn(2, 3)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("backend", ["fused", "einsum"])
-def test_attention_backends_agree_in_fp32(backend):
+@pytest.mark.parametrize("backend,channels_last", [("fused", False), ("fused", True),
+                                                    ("einsum", False)])
+def test_attention_backends_agree_in_fp32(backend, channels_last):
+    """Every backend, and the fused one's token-major path (a channels_last input: the 1x1
+    convolutions as linear layers), against the default sdpa path: outputs and gradients."""
     torch.manual_seed(0)
     ref = _randomise(AttentionBlock(64, 4, -1, 8))
     other = _randomise(AttentionBlock(64, 4, -1, 8))
     other.backend = backend
     x = torch.randn(2, 64, 8, 8, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_(True)
+    x2 = x.detach().clone()
+    if channels_last:
+        x2 = x2.contiguous(memory_format=torch.channels_last)
+    x2.requires_grad_(True)
     y, y2 = ref(x), other(x2)
     torch.testing.assert_close(y2, y, rtol=1e-5, atol=1e-5)
+    assert y2.is_contiguous(memory_format=torch.channels_last) == channels_last
     y.square().sum().backward()
     y2.square().sum().backward()
     torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
