@@ -359,6 +359,22 @@ def test_cpu_bf16_norm_route():
     assert cpu_bf16_norm_route(cl(128, 16), 8, grad=False) == "native"  # 16 per group
 
 
+def test_cat_channels_gives_channels_last_gradients():
+    """The skip concatenation: torch.cat's numbers, dense channels_last gradients."""
+    from dap.models.common import cat_channels
+
+    torch.manual_seed(0)
+    a, b = (torch.randn(2, c, 5, 4).contiguous(memory_format=torch.channels_last)
+            .requires_grad_(True) for c in (3, 5))
+    out = cat_channels([a, b])
+    assert torch.equal(out, torch.cat([a, b], 1))
+    g = torch.randn_like(out)
+    out.backward(g)
+    assert torch.equal(a.grad, g[:, :3]) and torch.equal(b.grad, g[:, 3:])
+    assert a.grad.is_contiguous(memory_format=torch.channels_last)
+    assert b.grad.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_add_per_channel_is_the_broadcast_add():
     """ResBlock's time-embedding add: the row-wise route gives h + bias exactly, with the same
     gradient for h and, up to bf16 summation order, for the bias."""

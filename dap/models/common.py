@@ -1,8 +1,12 @@
-"""Small helpers shared by the dap networks: parameter counts and zero initialisation."""
+"""Small helpers shared by the dap networks: parameter counts, zero initialisation and the
+skip concatenation."""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
+
+import torch
+from torch import Tensor, nn
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -29,4 +33,35 @@ def zero_module(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["count_parameters", "zero_module"]
+def cat_channels(tensors: list[Tensor]) -> Tensor:
+    """``torch.cat(tensors, dim=1)``, the U-Net's skip concatenation, the same numbers.
+
+    While gradients are recorded on channels_last tensors, the backward hands each input a
+    channels_last gradient instead of a strided slice of the concatenation's gradient: the
+    ops behind a skip (a nearest up-sampling, a 1x1 conv, the gradient sum of a tensor used
+    twice) run 2-4x slower on such slices than on dense tensors, which costs more than the
+    copy (``ci`` preset, batch 16, 64 px: an up-sampling backward took 4.1 ms on a slice;
+    the denoiser's training step took 4 % less time). Under ``torch.compile``: ``torch.cat``.
+    """
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling() or any(
+            t.is_contiguous() or not t.is_contiguous(memory_format=torch.channels_last)
+            for t in tensors):
+        return torch.cat(tensors, dim=1)
+    return _ChannelsLastCat.apply(*tensors)
+
+
+class _ChannelsLastCat(torch.autograd.Function):
+    """Concatenation along channels whose backward returns channels_last gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, *tensors: Tensor) -> Tensor:
+        ctx.sizes = [t.shape[1] for t in tensors]
+        return torch.cat(tensors, dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        return tuple(g.contiguous(memory_format=torch.channels_last)
+                     for g in grad.split(ctx.sizes, dim=1))
+
+
+__all__ = ["count_parameters", "zero_module", "cat_channels"]

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dap.config import ConfigError, replace
-from dap.models.common import zero_module
+from dap.models.common import cat_channels, zero_module
 
 
 # --------------------------------------------------------------------------------------------
@@ -721,7 +721,7 @@ class DenoiserUNet(nn.Module):
             skips.append(h)
         h = self._run(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb)
+            h = self._run(block, cat_channels([h, skips.pop()]), emb)
         if self._checkpointing():
             return checkpoint(self.out, h, use_reentrant=False)
         return self.out(h)

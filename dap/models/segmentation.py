@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dap.config import ConfigError, replace
+from dap.models.common import cat_channels
 
 
 @dataclass
@@ -129,7 +130,7 @@ class UpStage(nn.Module):
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-        return self.block(torch.cat([self.up(x), skip], dim=1))
+        return self.block(cat_channels([self.up(x), skip]))
 
 
 @contextlib.contextmanager
