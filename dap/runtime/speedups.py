@@ -87,7 +87,10 @@ def set_attention_backend(module: "nn.Module", backend: str = "fused") -> int:
 def set_native_bf16_norm(module: "nn.Module", enabled: bool = True) -> int:
     """Normalise bf16 activations with a native bf16 GroupNorm kernel, or upcast to float32.
 
-    See :class:`dap.models.denoiser.GroupNorm32` (``upcast``). Returns the number of norms.
+    See :class:`dap.models.denoiser.GroupNorm32` (``upcast``): on the CPU each norm then takes
+    the kernel measured fastest for its shape and layout
+    (:func:`dap.models.denoiser.cpu_bf16_norm_route`, table: ``benchmarks/cpu_kernels.py``).
+    Returns the number of norms.
     """
     from dap.models.denoiser import GroupNorm32
 
