@@ -31,10 +31,12 @@ one at a time, each with its own ratio to plain.
 What the ratios depend on (all measured with this script on 2 vCPUs with AMX, see the README):
 how busy the machine is. These models are small (0.85 M and 4.4 M parameters), so bf16 makes
 the arithmetic cheap and what is left is per-operation overhead and thread synchronisation.
-On one thread the fast path is ~1.8-2.1x (training) and ~2.5x (inference); on two threads of
-a quiet machine the plain path gains ~1.3x from the second thread and the fast path almost
-nothing, so the ratios drop to ~1.3x / ~1.7-2.0x; on two threads of a busy machine they are
-~1.7-2.2x / ~2.0-2.6x (``--fast-threads auto`` lets the fast path leave busy cores alone).
+On one thread the fast path is ~2.0-2.4x (training) and ~2.7-2.9x (inference)
+(``results/speed.json``). Two threads were measured before the per-shape kernel choices of
+``benchmarks/cpu_kernels.py``: on a quiet machine the plain path gains ~1.3x from the second
+thread and the fast path almost nothing, so the ratios dropped to ~1.3x / ~1.7-2.0x; on a busy
+machine they were ~1.7-2.2x / ~2.0-2.6x (``--fast-threads auto`` lets the fast path leave busy
+cores alone).
 Interleaving makes each ratio fair within a run; between runs the load differs, so compare
 ratios, not img/s, and look at the load average printed at the start and the end.
 
