@@ -286,7 +286,7 @@ def cpu_bf16_norm_route(x: Tensor, num_groups: int, grad: bool) -> str:
 
     * recording gradients, with < 8 channels per group: ``nchw``, whose forward + backward
       with its four layout copies took 0.35-0.55x the float32 path's time (e.g. 16 channels
-      at 64 x 64: 2.7 ms against 7.4 ms); with >= 8 the float32 path is faster (1.3-1.7x);
+      at 64 x 64: 2.7 ms against 7.4 ms); with >= 8 the float32 path is faster (1.1-1.7x);
     * without gradients, with fewer than 1024 pixels and < 16 channels per group: ``float32``
       (PyTorch's channels_last kernel takes a per-group loop below 1024 pixels: 64 channels at
       16 x 16 took 0.86 ms native against 0.24 ms through float32); otherwise ``native``.
