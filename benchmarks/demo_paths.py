@@ -16,6 +16,7 @@ options.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -26,6 +27,7 @@ from dap import runtime
 
 runtime.set_wait_policy_quiet()  # before torch is imported
 
+from dap.io import atomic_write_text  # noqa: E402
 from dap.report import provenance  # noqa: E402  (records the commit this process starts with)
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
@@ -43,8 +45,10 @@ def evaluate_path(name: str, plain: bool, seeds: list[int], fps: bool) -> dict:
     os.environ[runtime.PLAIN_ENV] = "1" if plain else "0"
     try:
         per_seed = []
-        for seed in seeds:
-            with method.using(inference_seed=seed):
+        # a method whose inference draws no noise (DRAEM) is evaluated once: no seed to vary
+        seeded = hasattr(method.config, "inference_seed")
+        for seed in seeds if seeded else [None]:
+            with method.using(inference_seed=seed) if seeded else contextlib.nullcontext():
                 row, _ = evaluate_run(method, data, out_dir=None, fps=False, progress=False)
             per_seed.append({k: float(row[k]) for k in METRICS})
         speed = measure_fps(method, method.image_size, batch_size=16) if fps else {}
@@ -58,16 +62,17 @@ def evaluate_path(name: str, plain: bool, seeds: list[int], fps: bool) -> dict:
 
 def compare(plain: dict, fast: dict) -> dict:
     """Per metric: the plain path's mean and spread over seeds, the fast path's mean, the change
-    of the mean, and whether it is within the spread (the run-to-run noise)."""
+    of the mean, and whether it is within the spread (the run-to-run noise). With a single
+    evaluation (a method without inference noise) there is no spread: noise and verdict None."""
     out = {}
     for k in METRICS:
         p = [r[k] for r in plain["per_seed"]]
         f = [r[k] for r in fast["per_seed"]]
-        noise = max(p) - min(p)
+        noise = max(p) - min(p) if len(p) > 1 else None
         change = statistics.fmean(f) - statistics.fmean(p)
         out[k] = {"plain_mean": statistics.fmean(p), "fast_mean": statistics.fmean(f),
                   "change": change, "noise": noise,
-                  "within_noise": abs(change) <= noise if len(p) > 1 else None}
+                  "within_noise": None if noise is None else abs(change) <= noise}
     return out
 
 
@@ -98,19 +103,20 @@ def main(argv=None) -> int:
                        "metrics": cmp})
         print(f"--- {name} ({plain['data']})")
         for k, c in cmp.items():
+            noise = "  —  " if c["noise"] is None else f"{100 * c['noise']:5.2f}"
+            verdict = {True: "within noise", False: "OUTSIDE noise", None: "one evaluation"}
             print(f"    {k:12s} plain {100 * c['plain_mean']:6.2f}  fast {100 * c['fast_mean']:6.2f}"
-                  f"  change {100 * c['change']:+6.2f}  noise (seed range) {100 * c['noise']:5.2f}"
-                  f"  -> {'within noise' if c['within_noise'] else 'OUTSIDE noise' if c['within_noise'] is False else 'one seed'}",
-                  flush=True)
+                  f"  change {100 * c['change']:+6.2f}  noise (seed range) {noise}"
+                  f"  -> {verdict[c['within_noise']]}", flush=True)
         if "fps_batch1" in plain:
             print(f"    FPS at batch 1: plain {plain['fps_batch1']:.1f}, fast "
                   f"{fast['fps_batch1']:.1f} ({fast['fps_batch1'] / plain['fps_batch1']:.2f}x); "
                   f"batched: {plain['throughput']:.1f} -> {fast['throughput']:.1f} img/s", flush=True)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"kind": "demo-paths", "seeds": args.seeds,
-                                              "models": models, "made_by": provenance()},
-                                             indent=1))
+        if args.out:  # after every model, so a stopped run keeps what it measured
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(args.out, json.dumps(
+                {"kind": "demo-paths", "seeds": args.seeds, "models": models,
+                 "made_by": provenance()}, indent=1))
     return 0
 
 

@@ -74,6 +74,20 @@ def test_demo_paths_table(tables, tmp_path):
     assert "| m | FPS at batch 1 | 8.0 | 16.0 | 2.00x |" in out
 
 
+def test_demo_paths_without_inference_noise():
+    """A method evaluated once (no inference seed, e.g. DRAEM): no seed range, no verdict."""
+    spec = importlib.util.spec_from_file_location("demo_paths", ROOT / "benchmarks" /
+                                                  "demo_paths.py")
+    demo_paths = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_paths)
+    one = {k: 0.5 for k in demo_paths.METRICS}
+    cmp = demo_paths.compare({"per_seed": [one]}, {"per_seed": [{**one, "aupro": 0.52}]})
+    assert cmp["aupro"]["noise"] is None and cmp["aupro"]["within_noise"] is None
+    assert abs(cmp["aupro"]["change"] - 0.02) < 1e-12
+    two = demo_paths.compare({"per_seed": [one, {**one, "aupro": 0.54}]}, {"per_seed": [one]})
+    assert abs(two["aupro"]["noise"] - 0.04) < 1e-12 and two["aupro"]["within_noise"] is True
+
+
 def test_metrics_files_and_missing_files_keep_the_published_table(tables, tmp_path):
     from dap.report import published_table
 
