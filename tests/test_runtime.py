@@ -359,6 +359,24 @@ def test_cpu_bf16_norm_route():
     assert cpu_bf16_norm_route(cl(128, 16), 8, grad=False) == "native"  # 16 per group
 
 
+def test_segmenter_predicts_in_float32_under_autocast():
+    """SegmentationUNet.float32_inference: under bf16 autocast without gradients the logits
+    are float32 and equal the float32 network's; while training it follows autocast."""
+    torch.manual_seed(0)
+    seg = _randomise(SegmentationUNet(segmenter_config("ci"))).eval()
+    x = torch.randn(2, 6, 64, 64)
+    with torch.no_grad():
+        ref = seg(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            got = seg(x)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert seg(x).dtype == torch.bfloat16           # gradients recorded: bf16 as trained
+    seg.float32_inference = False
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        assert seg(x).dtype == torch.bfloat16
+
+
 def test_cat_channels_gives_channels_last_gradients():
     """The skip concatenation: torch.cat's numbers, dense channels_last gradients."""
     from dap.models.common import cat_channels

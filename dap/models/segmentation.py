@@ -174,6 +174,12 @@ class SegmentationUNet(nn.Module):
 
     #: recompute every encoder block and decoder stage in the backward pass
     gradient_checkpointing: bool = False
+    #: predict in float32 under bf16/fp16 autocast (not while training). Its output is the
+    #: anomaly map itself, and in bf16 the map moved: on the synthetic-anomaly validation split
+    #: of the shipped models, the bf16 fast path against float32 changed DRAEM gravel's pixel
+    #: AP by -2.3 points and DiffusionAD brick's by -0.08; with this segmenter in float32 by
+    #: -0.04 and +0.03. The denoiser, where the inference time goes, stays in bf16.
+    float32_inference: bool = True
 
     def __init__(self, config: SegmenterConfig) -> None:
         super().__init__()
@@ -203,6 +209,13 @@ class SegmentationUNet(nn.Module):
         -------
         Tensor, ``(B, out_channels, H, W)``: logits (apply ``torch.sigmoid`` for M_hat in [0, 1]).
         """
+        if self.float32_inference and not torch.is_grad_enabled() \
+                and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._logits(x.float())
+        return self._logits(x)
+
+    def _logits(self, x: Tensor) -> Tensor:
         cfg = self.config
         factor = 2 ** (len(cfg.encoder_mult) - 1)
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
