@@ -170,15 +170,19 @@ class SegmentationUNet(nn.Module):
     :meth:`enable_gradient_checkpointing` recomputes each encoder block and decoder stage in
     the backward pass, with the BatchNorm running statistics updated once, as without it
     (tested); channels_last, autocast and ``torch.compile`` come from :mod:`dap.runtime`.
+
+    ``float32_inference`` (default True, not saved): without gradients the network predicts
+    in float32 even under autocast. Its output is the anomaly map itself, and in bf16 the map
+    moved: on the synthetic-anomaly validation split of the shipped models, the bf16 fast path
+    against float32 changed DRAEM gravel's pixel AP by -2.3 points and DiffusionAD brick's by
+    -0.08 (seed range 0.18); with the segmenter in float32, by -0.04 and +0.03. The denoiser,
+    where the inference time goes, stays in bf16. Training keeps bf16 (``benchmarks/
+    bf16_vs_fp32.py``: a bf16-trained model is as good).
     """
 
     #: recompute every encoder block and decoder stage in the backward pass
     gradient_checkpointing: bool = False
-    #: predict in float32 under bf16/fp16 autocast (not while training). Its output is the
-    #: anomaly map itself, and in bf16 the map moved: on the synthetic-anomaly validation split
-    #: of the shipped models, the bf16 fast path against float32 changed DRAEM gravel's pixel
-    #: AP by -2.3 points and DiffusionAD brick's by -0.08; with this segmenter in float32 by
-    #: -0.04 and +0.03. The denoiser, where the inference time goes, stays in bf16.
+    #: predict in float32 under bf16/fp16 autocast (not while training): see the Notes
     float32_inference: bool = True
 
     def __init__(self, config: SegmenterConfig) -> None:
