@@ -357,6 +357,7 @@ def test_cpu_bf16_norm_route():
     assert cpu_bf16_norm_route(cl(64, 16), 8, grad=False) == "float32"  # < 1024 pixels
     assert cpu_bf16_norm_route(cl(64, 32), 8, grad=False) == "native"
     assert cpu_bf16_norm_route(cl(128, 16), 8, grad=False) == "native"  # 16 per group
+    assert cpu_bf16_norm_route(cl(192, 16), 8, grad=False) == "float32"  # 24 per group
 
 
 def test_segmenter_predicts_in_float32_under_autocast():
@@ -399,7 +400,8 @@ def test_add_per_channel_is_the_broadcast_add():
     from dap.models.denoiser import add_per_channel
 
     torch.manual_seed(0)
-    for dtype, c in ((torch.bfloat16, 16), (torch.float32, 8), (torch.bfloat16, 64)):
+    for dtype, c in ((torch.bfloat16, 16), (torch.bfloat16, 32), (torch.float32, 8),
+                     (torch.bfloat16, 64)):
         h = torch.randn(3, c, 6, 5, dtype=dtype).contiguous(memory_format=torch.channels_last)
         h.requires_grad_(True)
         bias = torch.randn(3, c, 1, 1, dtype=dtype, requires_grad=True)
