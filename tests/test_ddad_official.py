@@ -216,10 +216,16 @@ def test_adam_steps_are_invariant_to_the_loss_scale_with_scaled_decay():
 
 def test_mean_and_sum_training_take_the_same_steps(tmp_path):
     """Two steps of dap's training loop: the mean loss with the scaled decay and eps gives the
-    weights of the summed (official) loss with decay 0.05."""
+    weights of the summed (official) loss with decay 0.05.
+
+    On the plain path: the equivalence is a property of the loss and the optimiser. Adam's
+    first step is +-lr for every gradient above eps, so a weight whose gradient is float32
+    cancellation residue (near eps) steps differently under the two loss scales whenever the
+    kernels round differently, and the fast path's kernels (channels_last, linear attention
+    projections) do: one such weight moved by 2e-3 there while the rest agreed to 1e-6."""
     images = to_uint8(_images(4))
     cfg = TrainConfig(steps=2, batch_size=4, lr=1e-3, val_every=0, select_metric="last",
-                      amp="off", seed=0, log_every=1)
+                      amp="off", seed=0, log_every=1, plain=True)
     weights = {}
     for red, wd in (("mean", 5.0), ("sum", 5.0), ("mean", 0.0)):   # a decay that shows
         m = _random_model(loss_reduction=red, weight_decay=wd)
