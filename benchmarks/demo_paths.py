@@ -31,6 +31,8 @@ from dap.io import atomic_write_text  # noqa: E402
 from dap.report import provenance  # noqa: E402  (records the commit this process starts with)
 
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max")
+#: the printed verdict of :func:`compare`'s ``within_noise``
+VERDICT = {True: "within noise", False: "OUTSIDE noise", None: "one evaluation"}
 
 
 def evaluate_path(name: str, plain: bool, seeds: list[int], fps: bool) -> dict:
@@ -104,10 +106,9 @@ def main(argv=None) -> int:
         print(f"--- {name} ({plain['data']})")
         for k, c in cmp.items():
             noise = "  —  " if c["noise"] is None else f"{100 * c['noise']:5.2f}"
-            verdict = {True: "within noise", False: "OUTSIDE noise", None: "one evaluation"}
             print(f"    {k:12s} plain {100 * c['plain_mean']:6.2f}  fast {100 * c['fast_mean']:6.2f}"
                   f"  change {100 * c['change']:+6.2f}  noise (seed range) {noise}"
-                  f"  -> {verdict[c['within_noise']]}", flush=True)
+                  f"  -> {VERDICT[c['within_noise']]}", flush=True)
         if "fps_batch1" in plain:
             print(f"    FPS at batch 1: plain {plain['fps_batch1']:.1f}, fast "
                   f"{fast['fps_batch1']:.1f} ({fast['fps_batch1'] / plain['fps_batch1']:.2f}x); "
