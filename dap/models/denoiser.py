@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dap.config import ConfigError, replace
-from dap.models.common import cat_channels, zero_module
+from dap.models.common import cat_channels, is_channels_last, zero_module
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,8 +447,7 @@ def add_per_channel(h: Tensor, bias: Tensor) -> Tensor:
     """
     b, c, hgt, wid = h.shape
     vector = 64 // h.element_size()  # elements in one 512-bit vector
-    if c > vector or wid == 1 or h.is_contiguous() \
-            or not h.is_contiguous(memory_format=torch.channels_last):
+    if c > vector or wid == 1 or not is_channels_last(h):
         return h + bias
     rows = h.permute(0, 2, 3, 1).reshape(b, hgt, wid * c)  # a view: channels_last is (B, H, W, C)
     out = rows + bias.reshape(b, 1, c).repeat(1, 1, wid)
@@ -494,8 +493,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, hgt, wid = x.shape
         n, heads = hgt * wid, self.num_heads
-        if self.backend == "fused" and x.is_contiguous(memory_format=torch.channels_last) \
-                and not x.is_contiguous():
+        if self.backend == "fused" and is_channels_last(x):
             return self._token_major(x)
         qkv = self.qkv(self.norm(x).reshape(b, c, n))               # (B, 3C, N)
         if self.backend == "einsum":
